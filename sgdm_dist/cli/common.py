@@ -1,0 +1,40 @@
+"""Arguments and helpers shared by every ``sgdm`` subcommand."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import typer
+
+from sgdm_dist.config import Config, load_config
+
+ConfigArg = Annotated[
+    Path,
+    typer.Argument(help="Experiment YAML, e.g. configs/tiny.yaml.", show_default=False),
+]
+OverridesArg = Annotated[
+    list[str] | None,
+    typer.Argument(
+        help="Dotted overrides applied after the file, e.g. train.lr=3e-4 data.loader.batch_size=8.",
+        show_default=False,
+    ),
+]
+
+# Exit codes: 1 = the job failed, 2 = bad input/usage, 3 = not implemented yet.
+EXIT_BAD_INPUT = 2
+EXIT_NOT_IMPLEMENTED = 3
+
+
+def resolve(config: Path, overrides: list[str] | None) -> Config:
+    """Load + validate; a ConfigError propagates to :func:`sgdm_dist.cli.main`, which prints it."""
+    return load_config(config, overrides or [])
+
+
+def not_implemented(command: str, issue: int) -> NoReturn:
+    typer.secho(
+        f"sgdm {command}: not implemented yet (tracked in issue #{issue}); nothing was done.",
+        fg=typer.colors.YELLOW,
+        err=True,
+    )
+    raise typer.Exit(EXIT_NOT_IMPLEMENTED)

@@ -1,0 +1,18 @@
+"""Experiment-wide settings: name, seed and where outputs go."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+
+from sgdm_dist.config.base import Section
+
+
+class ExperimentConfig(Section):
+    name: str = Field("sgdm", min_length=1, description="Run/experiment name (MLflow experiment).")
+    seed: int = Field(20200220, ge=0, description="Global seed (THINGS-EEG2's official seed).")
+    output_dir: Path = Field(
+        Path("outputs"), description="Root folder for checkpoints and reports."
+    )
+    log_level: str = Field("INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$")

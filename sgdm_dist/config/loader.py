@@ -1,0 +1,161 @@
+"""YAML files + dotted overrides → a validated :class:`Config`, with errors that name key and source.
+
+A YAML file may start from another with ``extends: other.yaml`` (path relative to the file); mappings
+are merged key by key, everything else is replaced. Overrides look like ``train.lr=3e-4``: the value is
+parsed as YAML, so ``3e-4`` is a float, ``[1, 2]`` a list and ``null`` is None.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from sgdm_dist.config.root import Config, flatten
+
+EXTENDS_KEY = "extends"
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the message names the key and where it came from."""
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
+    """Load ``path`` (or the built-in defaults when None), apply ``overrides``, validate."""
+    tree: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    if path is not None:
+        tree, sources = _read_with_bases(Path(path), chain=())
+    for item in overrides:
+        key, value = parse_override(item)
+        _set_dotted(tree, key, value)
+        sources[key] = f"override '{item}'"
+    return validate(tree, sources)
+
+
+def validate(tree: dict[str, Any], sources: dict[str, str] | None = None) -> Config:
+    """Validate a plain dict as a :class:`Config`, translating pydantic errors into ConfigError."""
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, sources or {})) from None
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """``"train.lr=3e-4"`` → ``("train.lr", 0.0003)``."""
+    key, sep, raw = item.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override '{item}' is not of the form dotted.key=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override '{item}': value is not valid YAML ({exc})") from None
+    return key, value
+
+
+def _read_with_bases(path: Path, chain: tuple[Path, ...]) -> tuple[dict[str, Any], dict[str, str]]:
+    path = path.expanduser()
+    if not path.is_file():
+        where = f" (extended from {chain[-1]})" if chain else ""
+        raise ConfigError(f"config file not found: {path}{where}")
+    resolved = path.resolve()
+    if resolved in chain:
+        raise ConfigError(
+            f"{path}: 'extends' forms a cycle: {' -> '.join(map(str, (*chain, resolved)))}"
+        )
+    tree = _read_yaml(path)
+    base_name = tree.pop(EXTENDS_KEY, None)
+    base_tree: dict[str, Any] = {}
+    base_sources: dict[str, str] = {}
+    if base_name is not None:
+        if not isinstance(base_name, str):
+            raise ConfigError(f"{path}: '{EXTENDS_KEY}' must be a file path, got {base_name!r}")
+        base_tree, base_sources = _read_with_bases(path.parent / base_name, (*chain, resolved))
+    merged = _deep_merge(base_tree, tree)
+    sources = dict(base_sources)
+    sources.update({key: str(path) for key in flatten(tree)})
+    return merged, sources
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{path}: malformed YAML{where}: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{path}: top level must be a mapping of sections, got {type(data).__name__}"
+        )
+    return data
+
+
+def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
+    *parents, leaf = key.split(".")
+    node = tree
+    for i, part in enumerate(parents):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(
+                f"override '{key}': '{'.'.join(parents[: i + 1])}' is a value, not a section"
+            )
+        node = child
+    node[leaf] = value
+
+
+def _source_of(dotted: str, sources: dict[str, str]) -> str:
+    """The most specific source that set this key or one of its parents/children."""
+    parts = dotted.split(".")
+    for n in range(len(parts), 0, -1):
+        prefix = ".".join(parts[:n])
+        if prefix in sources:
+            return sources[prefix]
+    for key, src in sources.items():
+        if key.startswith(dotted + "."):
+            return src
+    return "defaults"
+
+
+def _describe(exc: ValidationError, sources: dict[str, str]) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = [str(p) for p in err["loc"]]
+        dotted = ".".join(loc) or "<root>"
+        source = _source_of(dotted, sources)
+        if err["type"] == "extra_forbidden":
+            allowed = _allowed_keys(loc[:-1])
+            hint = f" (allowed: {', '.join(allowed)})" if allowed else ""
+            lines.append(f"{source}: unknown key '{dotted}'{hint}")
+        else:
+            got = err.get("input")
+            got_text = "" if isinstance(got, dict) else f", got {got!r}"
+            lines.append(f"{source}: '{dotted}': {err['msg']}{got_text}")
+    return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def _allowed_keys(section_loc: list[str]) -> list[str]:
+    model: Any = Config
+    for part in section_loc:
+        field = model.model_fields.get(part)
+        if field is None or not isinstance(field.annotation, type):
+            return []
+        model = field.annotation
+    return sorted(model.model_fields) if hasattr(model, "model_fields") else []
