@@ -7,7 +7,7 @@ import sys
 import typer
 
 from sgdm_dist import __version__
-from sgdm_dist.cli import config_cmd, demo, stubs
+from sgdm_dist.cli import config_cmd, demo, evaluate, launch, prepare, registry, train, tune
 from sgdm_dist.cli.common import EXIT_BAD_INPUT
 from sgdm_dist.config import ConfigError
 from sgdm_dist.log import rank_from_env, setup_logging
@@ -21,14 +21,14 @@ app = typer.Typer(
 )
 app.add_typer(config_cmd.app, name="config")
 for command in (
-    stubs.prepare,
-    stubs.train,
-    stubs.tune,
-    stubs.evaluate,
-    stubs.reconstruct,
-    stubs.register,
-    stubs.pull,
-    stubs.launch,
+    prepare.prepare,
+    train.train,
+    tune.tune,
+    evaluate.evaluate,
+    evaluate.reconstruct,
+    registry.register,
+    registry.pull,
+    launch.launch,
     demo.demo,
 ):
     app.command()(command)
