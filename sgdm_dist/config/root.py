@@ -8,7 +8,9 @@ import yaml
 
 from sgdm_dist.config.base import Section
 from sgdm_dist.config.data import DataConfig
+from sgdm_dist.config.evaluate import EvaluateConfig
 from sgdm_dist.config.experiment import ExperimentConfig
+from sgdm_dist.config.launch import LaunchConfig
 from sgdm_dist.config.model import ModelConfig
 from sgdm_dist.config.registry import RegistryConfig
 from sgdm_dist.config.train import TrainConfig
@@ -22,6 +24,8 @@ class Config(Section):
     train: TrainConfig = TrainConfig()
     tune: TuneConfig = TuneConfig()
     registry: RegistryConfig = RegistryConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+    launch: LaunchConfig = LaunchConfig()
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-compatible dict (paths as strings)."""
