@@ -1,4 +1,8 @@
-"""``sgdm launch``: Kubernetes jobs for training and tuning."""
+"""``sgdm launch``: Kubernetes jobs for training (PyTorchJob) and tuning (RayJob).
+
+sgdm launch k8s --config C --nodes N --gpus-per-node G --image IMG [--tune] [--dry-run]
+sgdm launch status JOB | logs JOB [--role worker --index 1] | delete JOB
+"""
 
 from __future__ import annotations
 
@@ -7,15 +11,105 @@ from typing import Annotated
 
 import typer
 
-from sgdm_dist.cli.common import not_implemented
+from sgdm_dist.cli.common import EXIT_BAD_INPUT, resolve
+
+ACTIONS = ("k8s", "status", "logs", "delete")
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    return typer.Exit(code)
 
 
 def launch(
-    target: Annotated[str, typer.Argument(help="k8s | status | logs | delete.")],
+    target: Annotated[
+        str, typer.Argument(help="k8s | status | logs | delete.", show_default=False)
+    ],
+    job: Annotated[
+        str | None, typer.Argument(help="Job name (status, logs, delete).", show_default=False)
+    ] = None,
     config: Annotated[Path | None, typer.Option(help="Experiment YAML for the job.")] = None,
+    nodes: Annotated[int | None, typer.Option(help="Pods (= nodes); launch.nodes.")] = None,
+    gpus_per_node: Annotated[
+        int | None, typer.Option(help="GPUs (= processes) per pod; launch.gpus_per_node.")
+    ] = None,
+    image: Annotated[str | None, typer.Option(help="Container image; launch.image.")] = None,
+    name: Annotated[str | None, typer.Option(help="Job name; launch.job_name.")] = None,
+    namespace: Annotated[
+        str | None, typer.Option(help="Namespace; launch.namespace (default sgdm).")
+    ] = None,
+    tune: Annotated[
+        bool, typer.Option("--tune", help="Launch `sgdm tune` as a RayJob instead of training.")
+    ] = False,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Config override, repeatable: --set train.lr=3e-4."),
+    ] = None,
     dry_run: Annotated[
         bool, typer.Option(help="Print the manifests instead of submitting them.")
     ] = False,
+    kubeconfig: Annotated[
+        Path | None, typer.Option(help="kubeconfig file (default: the client's usual lookup).")
+    ] = None,
+    context: Annotated[str | None, typer.Option(help="kubeconfig context.")] = None,
+    role: Annotated[
+        str | None,
+        typer.Option(help="logs: master | worker | ray-head | ray-worker | submitter."),
+    ] = None,
+    index: Annotated[int, typer.Option(help="logs: which pod of that role (0-based).")] = 0,
+    tail: Annotated[int | None, typer.Option(help="logs: last N lines only.")] = None,
 ) -> None:
     """Render and submit multi-node training (PyTorchJob) and tuning (RayJob) to Kubernetes."""
-    not_implemented("launch", 9)
+    # Imported here: the kubernetes client is slow to import and only this command needs it.
+    from sgdm_dist.launch import Cluster, LaunchError, render, to_yaml
+
+    if target not in ACTIONS:
+        raise _fail(
+            f"unknown target {target!r}; expected one of {', '.join(ACTIONS)}", EXIT_BAD_INPUT
+        )
+    try:
+        if target == "k8s":
+            if config is None:
+                raise _fail("sgdm launch k8s needs --config CONFIG", EXIT_BAD_INPUT)
+            overrides = list(set_ or [])
+            for key, value in (
+                ("nodes", nodes),
+                ("gpus_per_node", gpus_per_node),
+                ("image", image),
+                ("job_name", name),
+                ("namespace", namespace),
+            ):
+                if value is not None:
+                    overrides.append(f"launch.{key}={value}")
+            cfg = resolve(config, overrides)
+            objects = render(cfg, "tune" if tune else "train")
+            if dry_run:
+                typer.echo(to_yaml(objects), nl=False)
+                return
+            created = Cluster.connect(kubeconfig, context).submit(objects)
+            for obj in created:
+                meta = obj["metadata"]
+                typer.echo(f"created {obj['kind']} {meta['namespace']}/{meta['name']}")
+            typer.echo(f"follow it: sgdm launch status {objects[-1]['metadata']['name']}")
+            return
+
+        if job is None:
+            raise _fail(f"sgdm launch {target} needs a JOB name", EXIT_BAD_INPUT)
+        ns = namespace or (resolve(config, []).launch.namespace if config else "sgdm")
+        cluster = Cluster.connect(kubeconfig, context)
+        if target == "status":
+            st = cluster.status(ns, job)
+            typer.echo(f"{st.kind} {st.namespace}/{st.name}: {st.state}")
+            for key, value in st.detail.items():
+                typer.echo(f"  {key}: {value}")
+            for pod, phase in st.pods.items():
+                typer.echo(f"  pod {pod}: {phase}")
+        elif target == "logs":
+            pod, text = cluster.logs(ns, job, role, index, tail)
+            typer.secho(f"== {pod} ==", err=True)
+            typer.echo(text, nl=False)
+        else:
+            for what in cluster.delete(ns, job):
+                typer.echo(f"deleted {what}")
+    except LaunchError as exc:
+        raise _fail(str(exc)) from None

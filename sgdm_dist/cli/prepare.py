@@ -5,8 +5,10 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
+from rich.console import Console
+from rich.table import Table
 
-from sgdm_dist.cli.common import ConfigArg, OverridesArg, not_implemented
+from sgdm_dist.cli.common import EXIT_BAD_INPUT, ConfigArg, OverridesArg, resolve
 
 
 def prepare(
@@ -17,4 +19,25 @@ def prepare(
     ] = False,
 ) -> None:
     """Preprocess EEG with MNE, cache CLIP/VAE features and write WebDataset shards + manifest."""
-    not_implemented("prepare", 3)
+    from sgdm_dist.data import DataError
+    from sgdm_dist.data.manifest import manifest_hash
+    from sgdm_dist.data.prepare import local_out_dir, prepare as run_prepare, summary_rows
+
+    cfg = resolve(config, overrides)
+    console = Console()
+    try:
+        manifest = run_prepare(cfg, synthetic=synthetic)
+    except DataError as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(EXIT_BAD_INPUT) from None
+    table = Table(title=f"shards in {cfg.data.shard_dir}")
+    for col in ("split", "subject", "samples", "shards"):
+        table.add_column(col, justify="right" if col in ("samples", "shards") else "left")
+    for split, subject, n, n_shards in summary_rows(manifest):
+        table.add_row(split, subject, str(n), str(n_shards))
+    console.print(table)
+    console.print(
+        f"EEG [{manifest.n_channels} ch × {manifest.n_times} samples @ {manifest.sfreq:g} Hz, "
+        f"{manifest.eeg_unit}], clip_dim {manifest.clip_dim}, latent {list(manifest.latent_shape)}, "
+        f"subjects {manifest.subjects}; manifest sha256 {manifest_hash(str(local_out_dir(cfg)))[:12]}"
+    )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from sgdm_dist.config.base import Section
 
@@ -22,13 +22,37 @@ class PreprocessConfig(Section):
     h_freq: float | None = Field(
         None, gt=0, description="Band-pass high edge, Hz (None: no low-pass)."
     )
-    ica: bool = False
+    ica: bool = Field(False, description="Remove blink components found with EOG proxies.")
+    ica_n_components: int | float = Field(
+        0.99, gt=0, description="ICA components (int) or explained variance (float < 1)."
+    )
+    eog_channels: list[str] = Field(
+        default_factory=lambda: ["Fp1", "Fp2"],
+        description="Frontal channels used as EOG proxies to find blink ICA components.",
+    )
     tmin: float = Field(-0.2, description="Epoch start relative to stimulus onset, s.")
     tmax: float = Field(0.8, description="Epoch end relative to stimulus onset, s.")
     baseline: tuple[float | None, float] | None = (None, 0.0)
     resample_hz: float = Field(100.0, gt=0, description="Sampling rate after epoching, Hz.")
+    crop: tuple[float, float] | None = Field(
+        None, description="Crop epochs to [start, end] s after resampling (NICE/ATM: 0..1 s)."
+    )
     channels: Literal["occipital_parietal", "all"] | list[str] = "occipital_parietal"
+    target_event: int = Field(
+        99999, description="Stimulus-channel code of catch trials, dropped before epoching."
+    )
+    max_train_reps: int | None = Field(
+        None, gt=0, description="Repetitions kept per training image per session (THINGS: 2)."
+    )
+    max_test_reps: int | None = Field(
+        None, gt=0, description="Repetitions kept per test image per session (THINGS: 20)."
+    )
     mvnn: Literal["time", "epochs", "none"] = "time"
+    mvnn_fit: Literal["both", "train"] = Field(
+        "both",
+        description="Partitions the MVNN covariance is averaged over: 'both' = official "
+        "THINGS-EEG2 code, 'train' = leak-free (NICE/ATM).",
+    )
     average_test_reps: bool = False
 
 
@@ -44,23 +68,34 @@ class FeatureConfig(Section):
     )
     image_size: int = Field(512, gt=0, description="Resolution the VAE encodes, px.")
     batch_size: int = Field(32, gt=0)
+    device: str | None = Field(None, description="torch device; None → cuda when available.")
 
 
 class SyntheticConfig(Section):
-    """Knobs of the synthetic THINGS-like dataset (the embedded default)."""
+    """Knobs of the synthetic THINGS-like dataset (the embedded default); see docs/data.md."""
 
     n_subjects: int = Field(2, gt=0)
     n_sessions: int = Field(1, gt=0)
     n_train_concepts: int = Field(8, gt=0)
     images_per_concept: int = Field(2, gt=0)
     n_test_concepts: int = Field(4, gt=0)
-    train_reps: int = Field(2, gt=0)
-    test_reps: int = Field(4, gt=0)
+    train_reps: int = Field(2, gt=0, description="Repetitions per training image per session.")
+    test_reps: int = Field(4, gt=0, description="Repetitions per test image per session.")
+    n_factors: int = Field(8, gt=0, description="Latent image factors that drive the EEG.")
+    image_spread: float = Field(
+        0.6, ge=0, description="Within-concept spread of image factors (concept spread = 1)."
+    )
+    image_px: int = Field(64, ge=16, description="Side of the written stimulus images, px.")
     snr: float = Field(
         1.0, gt=0, description="Evoked-response to background-noise amplitude ratio."
     )
     subject_variability: float = Field(
-        0.5, ge=0, description="0: identical subjects; 1: unrelated spatial mixing."
+        0.5, ge=0, le=1, description="0: identical subjects; 1: unrelated spatial mixing."
+    )
+    line_hz: float = Field(50.0, gt=0, description="Mains frequency of the line noise, Hz.")
+    blink_rate_hz: float = Field(0.25, ge=0, description="Mean eye blinks per second.")
+    catch_fraction: float = Field(
+        0.05, ge=0, lt=1, description="Fraction of extra target (catch) trials, event 99999."
     )
 
 
@@ -70,6 +105,7 @@ class LoaderConfig(Section):
     shuffle_buffer: int = Field(1000, ge=0)
     resampled: bool = False
     skip_corrupt: bool = False
+    drop_last: bool = Field(True, description="Drop the last incomplete batch of each worker.")
 
 
 class DataConfig(Section):
@@ -83,11 +119,33 @@ class DataConfig(Section):
     shard_dir: str = Field(
         "data/shards", description="Output/input shards: a local path or fsspec URL."
     )
+    cache_dir: Path = Field(
+        Path("data/cache"), description="Local content-addressed cache of image features."
+    )
     subjects: list[int] | None = Field(
         None, description="Subjects to use (1-based); None → all found."
     )
     shard_max_samples: int = Field(2000, gt=0)
+    val_fraction: float = Field(
+        0.1, ge=0, lt=1, description="Fraction of training concepts held out as validation."
+    )
+    val_by: Literal["concept", "image"] = Field(
+        "concept",
+        description="Hold out whole concepts (zero-shot, like test) or single images per concept.",
+    )
+    image_splits: list[Literal["train", "val", "test"]] = Field(
+        default_factory=lambda: ["val", "test"],
+        description="Splits whose samples carry the stimulus image (img.png) for evaluation.",
+    )
+    workers: int = Field(1, gt=0, description="Processes preprocessing subjects/sessions.")
     preprocess: PreprocessConfig = PreprocessConfig()
     features: FeatureConfig = FeatureConfig()
     synthetic: SyntheticConfig = SyntheticConfig()
     loader: LoaderConfig = LoaderConfig()
+
+    @model_validator(mode="after")
+    def _epoch_window(self) -> DataConfig:
+        p = self.preprocess
+        if p.tmax <= p.tmin:
+            raise ValueError(f"preprocess.tmax ({p.tmax}) must be > tmin ({p.tmin})")
+        return self

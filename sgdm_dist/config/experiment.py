@@ -1,4 +1,4 @@
-"""Experiment-wide settings: name, seed and where outputs go."""
+"""Experiment-wide settings: name, seed, where outputs go and where runs are tracked."""
 
 from __future__ import annotations
 
@@ -16,3 +16,8 @@ class ExperimentConfig(Section):
         Path("outputs"), description="Root folder for checkpoints and reports."
     )
     log_level: str = Field("INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$")
+    tracking: bool = Field(True, description="Track runs in MLflow.")
+    tracking_uri: str | None = Field(
+        None,
+        description="MLflow tracking URI; None → $MLFLOW_TRACKING_URI, else sqlite:///<output_dir>/mlflow.db.",
+    )

@@ -1,4 +1,4 @@
-"""Train section: optimisation, schedule, checkpoints, tracking."""
+"""Train section: optimisation, schedule, checkpoints, evaluation during training."""
 
 from __future__ import annotations
 
@@ -12,24 +12,43 @@ from sgdm_dist.config.base import Section
 class TrainConfig(Section):
     lr: float = Field(1e-4, gt=0)
     weight_decay: float = Field(1e-2, ge=0)
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    lr_schedule: Literal["constant", "linear", "cosine"] = "cosine"
     warmup_steps: int = Field(500, ge=0)
     align_steps: int = Field(2000, ge=0, description="Stage 1: encoder + semantic head only.")
     diffusion_steps: int = Field(20000, ge=0, description="Stage 2: diffusion (+ alignment) loss.")
     joint: bool = Field(False, description="Train both losses from step 0 instead of two stages.")
-    grad_accum: int = Field(1, gt=0)
+    grad_accum: int = Field(1, gt=0, description="Micro-batches per optimiser step.")
     max_grad_norm: float | None = Field(1.0, gt=0)
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
     gradient_checkpointing: bool = False
-    ema_decay: float | None = Field(0.9999, gt=0, lt=1)
-    checkpoint_every: int = Field(1000, gt=0)
-    keep_last: int = Field(3, gt=0)
+    ema_decay: float | None = Field(0.9999, gt=0, lt=1, description="None → no EMA.")
+    checkpoint_every: int = Field(1000, gt=0, description="Optimiser steps between checkpoints.")
+    keep_last: int = Field(3, gt=0, description="Complete checkpoints kept on disk.")
     log_every: int = Field(50, gt=0)
-    tracking_uri: str | None = Field(
-        None, description="MLflow URI; None → MLFLOW_TRACKING_URI or local SQLite."
+    eval_every: int = Field(1000, gt=0, description="Steps between validation retrieval runs.")
+    recon_images: int = Field(
+        8, ge=0, description="Validation images reconstructed for the final grid."
     )
+    recon_steps: int = Field(
+        25, gt=0, description="Sampler steps for the training-time reconstruction grid."
+    )
+    subjects: list[int] | None = Field(
+        None, description="Train on these subjects only (None → all)."
+    )
+
+    @property
+    def total_steps(self) -> int:
+        return self.align_steps + self.diffusion_steps
+
+    def stage_at(self, step: int) -> Literal["align", "diffusion", "joint"]:
+        """Which loss the model trains at optimiser step ``step`` (0-based)."""
+        if self.joint:
+            return "joint"
+        return "align" if step < self.align_steps else "diffusion"
 
     @model_validator(mode="after")
     def _some_steps(self) -> TrainConfig:
-        if self.align_steps + self.diffusion_steps == 0:
+        if self.total_steps == 0:
             raise ValueError("align_steps + diffusion_steps must be > 0")
         return self

@@ -1,0 +1,334 @@
+"""Frozen image encoders whose outputs are cached in the shards: open_clip embeddings, VAE latents.
+
+Encoders come from real weights (open_clip pretrained tag or local checkpoint; diffusers hub id or
+local folder) or, when none are given, from a seeded random init that is LOUDLY warned about and
+saved under ``{shard_dir}/encoders/`` so that later stages decode with the very same VAE.
+Features are cached per image in a content-addressed store: ``{cache_dir}/{kind}-{model_key}/
+{image_sha256}.npy``, so re-running ``prepare`` never recomputes them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from sgdm_dist.config.data import FeatureConfig
+from sgdm_dist.data import DataError
+from sgdm_dist.data.io import atomic_save_npy, atomic_write, atomic_write_json, sha256_file
+
+log = logging.getLogger(__name__)
+
+TINY_CLIP = "sgdm-tiny-clip"
+# A 32-d CLIP small enough for CPU tests (≈3.5 M params, mostly the token embedding).
+TINY_CLIP_CONFIG: dict[str, Any] = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 8, "head_width": 32},
+    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
+}
+# Tiny AutoencoderKL: 4 levels → 8× downsampling (64 px → [4, 8, 8]), like SD's VAE.
+TINY_VAE_CONFIG: dict[str, Any] = {
+    "in_channels": 3,
+    "out_channels": 3,
+    "down_block_types": ["DownEncoderBlock2D"] * 4,
+    "up_block_types": ["UpDecoderBlock2D"] * 4,
+    "block_out_channels": [8, 16, 32, 32],
+    "layers_per_block": 1,
+    "latent_channels": 4,
+    "norm_num_groups": 8,
+}
+
+
+def register_tiny_clip(config_dir: Path) -> None:
+    """Make ``sgdm-tiny-clip`` known to open_clip (``add_model_config`` reads JSON files)."""
+    import open_clip
+
+    if TINY_CLIP in open_clip.list_models():
+        return
+    path = Path(config_dir) / f"{TINY_CLIP}.json"
+    if not path.exists():
+        atomic_write_json(path, TINY_CLIP_CONFIG)
+    open_clip.add_model_config(path)
+
+
+def _device(cfg: FeatureConfig) -> torch.device:
+    if cfg.device:
+        return torch.device(cfg.device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _warn_random(what: str, path: Path) -> None:
+    msg = (
+        f"\n{'!' * 78}\n!! {what}: NO WEIGHTS GIVEN → RANDOM INIT (seeded). Features are meaningless for"
+        f"\n!! real images; fine for tests and the synthetic demo. Saved to {path}\n{'!' * 78}"
+    )
+    log.warning(msg)
+
+
+@dataclass
+class EncoderInfo:
+    """What the manifest records about an encoder: id, where to reload it, cache key."""
+
+    model_id: str
+    path: str | None  # saved weights (random init) or the local/hub id used
+    key: str  # content-addressed cache key
+    random_init: bool
+
+
+class ClipEncoder:
+    """open_clip model → L2-normalised image embeddings [N, D] and text embeddings [K, D]."""
+
+    def __init__(self, cfg: FeatureConfig, encoders_dir: Path, seed: int) -> None:
+        import open_clip
+
+        register_tiny_clip(Path(encoders_dir) / "clip")
+        self.device = _device(cfg)
+        arch = cfg.clip_model
+        if cfg.clip_pretrained is None:
+            save = Path(encoders_dir) / "clip"
+            weights = save / "model.safetensors"
+            if not weights.exists():
+                torch.manual_seed(seed)
+            model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=None)
+            if weights.exists():
+                _load_safetensors(model, weights)
+            else:
+                _save_clip(model, arch, save)
+                _warn_random(f"CLIP {arch}", save)
+            self.info = EncoderInfo(
+                f"{arch}:random-seed-{seed}", str(save), sha256_file(weights), True
+            )
+        else:
+            try:
+                model, _, preprocess = open_clip.create_model_and_transforms(
+                    arch, pretrained=cfg.clip_pretrained
+                )
+            except Exception as exc:
+                raise DataError(
+                    f"data.features: cannot load open_clip {arch} / {cfg.clip_pretrained}: {exc}"
+                ) from None
+            mid = f"{arch}:{cfg.clip_pretrained}"
+            self.info = EncoderInfo(mid, cfg.clip_pretrained, _key(mid), False)
+        self.model = model.eval().to(self.device)
+        self.preprocess = preprocess
+        self.tokenizer = open_clip.get_tokenizer(arch)
+        self.dim = int(open_clip.get_model_config(arch)["embed_dim"])
+
+    @torch.no_grad()
+    def images(self, images: list[Image.Image]) -> np.ndarray:
+        x = torch.stack([self.preprocess(im) for im in images]).to(self.device)
+        e = self.model.encode_image(x).float()
+        return torch.nn.functional.normalize(e, dim=-1).cpu().numpy()
+
+    @torch.no_grad()
+    def texts(self, texts: list[str]) -> np.ndarray:
+        tok = self.tokenizer(texts).to(self.device)
+        e = self.model.encode_text(tok).float()
+        return torch.nn.functional.normalize(e, dim=-1).cpu().numpy()
+
+
+class VaeEncoder:
+    """diffusers AutoencoderKL → latent means × scaling factor [N, 4, H/8, W/8]."""
+
+    def __init__(self, cfg: FeatureConfig, encoders_dir: Path, seed: int) -> None:
+        from diffusers import AutoencoderKL
+
+        self.device = _device(cfg)
+        self.size = cfg.image_size
+        if cfg.vae is None:
+            save = Path(encoders_dir) / "vae"
+            if (save / "config.json").exists():
+                vae = AutoencoderKL.from_pretrained(save)
+            else:
+                torch.manual_seed(seed)
+                vae = AutoencoderKL(sample_size=cfg.image_size, **TINY_VAE_CONFIG)
+                _save_dir_atomic(save, vae.save_pretrained)
+                _warn_random("VAE", save)
+            weights = next(save.glob("*.safetensors"))
+            self.info = EncoderInfo(
+                f"tiny-vae:random-seed-{seed}", str(save), sha256_file(weights), True
+            )
+        else:
+            try:
+                vae = AutoencoderKL.from_pretrained(cfg.vae)
+            except Exception as exc:
+                raise DataError(
+                    f"data.features.vae: cannot load AutoencoderKL '{cfg.vae}': {exc}"
+                ) from None
+            self.info = EncoderInfo(cfg.vae, cfg.vae, _key(cfg.vae), False)
+        self.info.key = _key(f"{self.info.key}|{self.size}")
+        self.vae = vae.eval().to(self.device)
+        self.scaling = float(vae.config.scaling_factor)
+
+    @torch.no_grad()
+    def latents(self, images: list[Image.Image]) -> np.ndarray:
+        x = torch.stack([to_tensor(im, self.size) for im in images]).to(self.device)
+        lat = self.vae.encode(x * 2 - 1).latent_dist.mean * self.scaling
+        return lat.float().cpu().numpy()
+
+
+def to_tensor(im: Image.Image, size: int) -> torch.Tensor:
+    """PIL → float [3, size, size] in [0, 1]: centre-crop to square, bicubic resize."""
+    im = im.convert("RGB")
+    w, h = im.size
+    s = min(w, h)
+    im = im.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
+    if s != size:
+        im = im.resize((size, size), Image.Resampling.BICUBIC)
+    return torch.from_numpy(np.asarray(im, dtype=np.float32) / 255.0).permute(2, 0, 1)
+
+
+def _key(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _load_safetensors(model: torch.nn.Module, path: Path) -> None:
+    from safetensors.torch import load_file
+
+    model.load_state_dict(load_file(path))
+
+
+def _save_clip(model: torch.nn.Module, arch: str, save: Path) -> None:
+    import open_clip
+    from safetensors.torch import save_file
+
+    save.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(
+        save / "open_clip_config.json",
+        {"model_name": arch, "model_cfg": open_clip.get_model_config(arch)},
+    )
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    atomic_write(save / "model.safetensors", lambda tmp: save_file(state, str(tmp)))
+
+
+def _save_dir_atomic(target: Path, save_fn: Any) -> None:
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    save_fn(tmp)
+    if target.exists():
+        import shutil
+
+        shutil.rmtree(target)
+    os.replace(tmp, target)
+
+
+class FeatureCache:
+    """Per-image features keyed by (encoder key, image sha256): ``{root}/{kind}-{key}/{sha}.npy``."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.hits = 0
+        self.misses = 0
+
+    def path(self, kind: str, key: str, sha: str) -> Path:
+        return self.root / f"{kind}-{key[:16]}" / f"{sha}.npy"
+
+    def get(self, kind: str, key: str, sha: str) -> np.ndarray | None:
+        p = self.path(kind, key, sha)
+        if p.exists():
+            self.hits += 1
+            return np.load(p, allow_pickle=False)
+        self.misses += 1
+        return None
+
+    def put(self, kind: str, key: str, sha: str, value: np.ndarray) -> None:
+        atomic_save_npy(self.path(kind, key, sha), value)
+
+
+@dataclass
+class ImageFeatures:
+    clip: np.ndarray  # [N, D] float32, L2-normalised
+    latent: np.ndarray  # [N, 4, h, w] float32, × scaling factor
+    sha256: list[str]
+
+
+def compute_features(
+    paths: list[Path], clip: ClipEncoder, vae: VaeEncoder, cache: FeatureCache, batch_size: int
+) -> ImageFeatures:
+    """CLIP + VAE features of every image, computing only cache misses (batched)."""
+    shas = [sha256_file(p) for p in paths]
+    clips: list[np.ndarray | None] = [cache.get("clip", clip.info.key, s) for s in shas]
+    lats: list[np.ndarray | None] = [cache.get("vae", vae.info.key, s) for s in shas]
+    todo = [i for i in range(len(paths)) if clips[i] is None or lats[i] is None]
+    for start in range(0, len(todo), batch_size):
+        idx = todo[start : start + batch_size]
+        ims = [_open(paths[i]) for i in idx]
+        c, z = clip.images(ims), vae.latents(ims)
+        for j, i in enumerate(idx):
+            clips[i], lats[i] = c[j], z[j]
+            cache.put("clip", clip.info.key, shas[i], c[j])
+            cache.put("vae", vae.info.key, shas[i], z[j])
+    return ImageFeatures(
+        np.stack(clips).astype(np.float32), np.stack(lats).astype(np.float32), shas
+    )
+
+
+def text_features(
+    names: list[str], clip: ClipEncoder, cache: FeatureCache, batch_size: int
+) -> np.ndarray:
+    """Text embeddings [K, D] of prompts like ``"a photo of a aardvark"``, cached by prompt hash."""
+    prompts = [f"a photo of a {n}" for n in names]
+    keys = [_key(p) for p in prompts]
+    out: list[np.ndarray | None] = [cache.get("text", clip.info.key, k) for k in keys]
+    todo = [i for i, v in enumerate(out) if v is None]
+    for start in range(0, len(todo), batch_size):
+        idx = todo[start : start + batch_size]
+        emb = clip.texts([prompts[i] for i in idx])
+        for j, i in enumerate(idx):
+            out[i] = emb[j]
+            cache.put("text", clip.info.key, keys[i], emb[j])
+    if not out:
+        return np.zeros((0, clip.dim), np.float32)
+    return np.stack(out).astype(np.float32)
+
+
+def _open(path: Path) -> Image.Image:
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except Exception as exc:
+        raise DataError(f"{path}: cannot read image ({exc})") from None
+
+
+def load_vae(manifest_or_path: Any) -> Any:
+    """The AutoencoderKL the shards were made with: from a Manifest, a shard dir, or a VAE folder/id."""
+    from diffusers import AutoencoderKL
+
+    from sgdm_dist.data.manifest import Manifest, read_manifest
+
+    m = manifest_or_path
+    if not isinstance(m, Manifest):
+        p = Path(str(m))
+        if (p / "manifest.json").exists():
+            m = read_manifest(str(p))
+        else:
+            return AutoencoderKL.from_pretrained(str(m))
+    return AutoencoderKL.from_pretrained(m.encoder_path("vae"))
+
+
+def load_clip(manifest_or_path: Any) -> Any:
+    """The open_clip model the shards were made with (random-init ones reloaded from their file)."""
+    import open_clip
+
+    from sgdm_dist.data.manifest import Manifest, read_manifest
+
+    m = (
+        manifest_or_path
+        if isinstance(manifest_or_path, Manifest)
+        else read_manifest(str(manifest_or_path))
+    )
+    path = Path(m.encoder_path("clip"))
+    if (path / "model.safetensors").exists():
+        cfg = json.loads((path / "open_clip_config.json").read_text())
+        register_tiny_clip(path)
+        model = open_clip.create_model(cfg["model_name"], pretrained=None)
+        _load_safetensors(model, path / "model.safetensors")
+        return model.eval()
+    return open_clip.create_model(m.features["clip_model"], pretrained=m.encoder_path("clip")).eval()

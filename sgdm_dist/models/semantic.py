@@ -1,0 +1,78 @@
+"""Semantic head (EEG → CLIP space) and its losses: CLIP-style contrastive, cosine, concept classifier."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from sgdm_dist.config.model import SemanticConfig
+
+
+class SemanticHead(nn.Module):
+    """z_eeg [B, D_eeg] → ẑ_sem [B, D_clip], L2-normalised; owns the learnable temperature."""
+
+    def __init__(self, cfg: SemanticConfig, *, in_dim: int, clip_dim: int) -> None:
+        super().__init__()
+        hidden = cfg.hidden_dim or 2 * in_dim
+        self.net = nn.Sequential(
+            nn.Linear(in_dim, hidden),
+            nn.GELU(),
+            nn.Dropout(cfg.dropout),
+            nn.Linear(hidden, clip_dim),
+        )
+        self.skip = nn.Linear(in_dim, clip_dim, bias=False)
+        # Stored as log so the optimiser works on an unconstrained value, as in CLIP.
+        # Shape [1], not a 0-d scalar: DeepSpeed's parameter broadcast cannot view 0-d tensors as bytes.
+        self.logit_scale = nn.Parameter(torch.full((1,), math.log(cfg.logit_scale_init)))
+        self.logit_scale_max = cfg.logit_scale_max
+
+    def forward(self, z_eeg: Tensor) -> Tensor:
+        return F.normalize(self.net(z_eeg) + self.skip(z_eeg), dim=-1)
+
+    def scale(self) -> Tensor:
+        """The inverse temperature exp(logit_scale), clamped to logit_scale_max; scalar."""
+        return self.logit_scale.exp().clamp(max=self.logit_scale_max).squeeze(0)
+
+
+def contrastive_loss(
+    pred: Tensor, target: Tensor, scale: Tensor, image_index: Tensor | None = None
+) -> Tensor:
+    """Symmetric InfoNCE between pred [B, D] and target [B, D] (both L2-normalised).
+
+    Trials of the same image (equal ``image_index``) are all positives of each other, so repetitions
+    of a stimulus in one batch are not pushed apart as false negatives.
+    """
+    logits = scale * pred @ target.T  # [B, B]
+    if image_index is None:
+        image_index = torch.arange(pred.shape[0], device=pred.device)
+    same = (image_index[:, None] == image_index[None, :]).float()
+    soft = same / same.sum(dim=1, keepdim=True)
+    eeg_to_img = -(soft * logits.log_softmax(dim=1)).sum(dim=1).mean()
+    img_to_eeg = -(soft * logits.T.log_softmax(dim=1)).sum(dim=1).mean()
+    return (eeg_to_img + img_to_eeg) / 2
+
+
+def cosine_loss(pred: Tensor, target: Tensor) -> Tensor:
+    """Mean 1 − cos(pred, target); scalar."""
+    return (1 - F.cosine_similarity(pred, target, dim=-1)).mean()
+
+
+def classification_loss(logits: Tensor, concept: Tensor) -> Tensor:
+    """Cross-entropy over concept classes; names the bad id instead of a CUDA assert."""
+    n = logits.shape[-1]
+    if concept.numel() and (int(concept.min()) < 0 or int(concept.max()) >= n):
+        bad = concept[(concept < 0) | (concept >= n)][0].item()
+        raise ValueError(f"batch 'concept' id {bad} outside model.n_classes = {n} (0..{n - 1})")
+    return F.cross_entropy(logits, concept.long())
+
+
+@torch.no_grad()
+def in_batch_top1(pred: Tensor, target: Tensor, image_index: Tensor | None = None) -> Tensor:
+    """Fraction of rows whose most similar target is one of its positives; scalar in [0, 1]."""
+    best = (pred @ target.T).argmax(dim=1)
+    if image_index is None:
+        return (best == torch.arange(len(best), device=best.device)).float().mean()
+    return (image_index[best] == image_index).float().mean()

@@ -1,0 +1,357 @@
+"""SGDM: EEG encoder → semantic head (EEG → CLIP) → multi-scale conditioning → conditional latent UNet.
+
+Training (``forward(batch, stage)``):
+  align      contrastive(ẑ_sem, clip) (+ λ_mse cosine, + λ_cls concept CE); the UNet is not run.
+  diffusion  λ_diff·diffusion + λ_align·(align terms); condition dropped to a learned null at
+  joint      ``cond_dropout`` for classifier-free guidance. "joint" is "diffusion" from step 0.
+Sampling (``reconstruct``): DDIM or DPM-Solver++, CFG between the EEG condition and the null condition.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from diffusers import AutoencoderKL, UNet2DConditionModel
+from safetensors.torch import load_model, save_model
+from torch import Tensor, nn
+
+from sgdm_dist.config.model import ModelConfig
+from sgdm_dist.models import io
+from sgdm_dist.models.conditioning import Condition, MultiScaleConditioning, dropout_mask
+from sgdm_dist.models.diffusion import (
+    Sampler,
+    diffusion_target,
+    guide,
+    make_sampler,
+    make_train_scheduler,
+    min_snr_weights,
+    timestep_batch,
+)
+from sgdm_dist.models.encoder import EEGEncoder, EncoderOutput
+from sgdm_dist.models.reference import ReferenceConditioning, ReferenceEncoder
+from sgdm_dist.models.semantic import (
+    SemanticHead,
+    classification_loss,
+    contrastive_loss,
+    cosine_loss,
+    in_batch_top1,
+)
+
+Stage = Literal["align", "diffusion", "joint"]
+STAGES: tuple[str, ...] = ("align", "diffusion", "joint")
+
+
+class SGDM(nn.Module):
+    """The whole trainable model. Holds no frozen CLIP or VAE: their features come from the shards."""
+
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        *,
+        n_channels: int,
+        n_times: int,
+        n_subjects: int,
+        unet: UNet2DConditionModel,
+    ) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.n_channels, self.n_times, self.n_subjects = n_channels, n_times, n_subjects
+        cross = unet.config.cross_attention_dim
+        dims = dict(n_channels=n_channels, n_times=n_times, n_subjects=n_subjects)
+        if cfg.variant == "reference":
+            self.encoder: EEGEncoder | ReferenceEncoder = ReferenceEncoder(cfg.encoder, **dims)
+            self.conditioning: MultiScaleConditioning | ReferenceConditioning = (
+                ReferenceConditioning(
+                    eeg_dim=cfg.encoder.dim, clip_dim=cfg.clip_dim, cross_attention_dim=cross
+                )
+            )
+        else:
+            self.encoder = EEGEncoder(cfg.encoder, **dims)
+            self.conditioning = MultiScaleConditioning(
+                cfg.conditioning,
+                eeg_dim=cfg.encoder.dim,
+                n_eeg_tokens=cfg.encoder.n_tokens,
+                clip_dim=cfg.clip_dim,
+                cross_attention_dim=cross,
+            )
+        self.semantic = SemanticHead(cfg.semantic, in_dim=cfg.encoder.dim, clip_dim=cfg.clip_dim)
+        self.classifier = (
+            nn.Linear(cfg.encoder.dim, cfg.n_classes) if cfg.n_classes is not None else None
+        )
+        self.unet = unet
+        self.noise_scheduler = make_train_scheduler(cfg.diffusion)
+        self._check_unet()
+
+    # ---------------------------------------------------------------- building blocks
+    def _check_unet(self) -> None:
+        want = self.conditioning.vector_dim
+        have = self.unet.config.projection_class_embeddings_input_dim
+        if self.unet.config.class_embed_type not in (None, "projection") or (want != have):
+            raise ValueError(
+                f"UNet added-embedding input {have} (class_embed_type "
+                f"{self.unet.config.class_embed_type!r}) does not match the conditioning's {want}"
+            )
+        if self.unet.config.in_channels != self.cfg.unet.latent_channels:
+            raise ValueError(
+                f"UNet takes {self.unet.config.in_channels} latent channels, "
+                f"model.unet.latent_channels is {self.cfg.unet.latent_channels}"
+            )
+        size = self.cfg.unet.latent_size
+        self.latent_shape = (self.cfg.unet.latent_channels, size, size)
+
+    @property
+    def device(self) -> torch.device:
+        return self.semantic.logit_scale.device
+
+    def encode(self, eeg: Tensor, subject: Tensor) -> tuple[EncoderOutput, Tensor]:
+        """eeg [B, C, T], subject [B] (1-based, 0 = unknown) → (encoder output, ẑ_sem [B, D_clip])."""
+        out = self.encoder(eeg, subject)
+        return out, self.semantic(out.z)
+
+    def condition(self, eeg: Tensor, subject: Tensor) -> Condition:
+        """The UNet condition for a batch of EEG (no dropout)."""
+        out, z_sem = self.encode(eeg, subject)
+        return self.conditioning(out.z, out.tokens, z_sem)
+
+    def null_condition(self, batch: int) -> Condition:
+        return self.conditioning.null(batch)
+
+    def denoise(self, latents: Tensor, timesteps: Tensor, cond: Condition) -> Tensor:
+        """UNet prediction (ε or v, per config) [B, 4, h, w] for noisy latents at timesteps [B]."""
+        return self.unet(
+            latents,
+            timesteps,
+            encoder_hidden_states=cond.tokens,
+            class_labels=cond.vector,
+            return_dict=False,
+        )[0]
+
+    def guided_prediction(
+        self, latents: Tensor, t: Tensor | int, cond: Condition, guidance_scale: float
+    ) -> Tensor:
+        """CFG prediction: one UNet call on [null; cond], combined with ``guide``."""
+        b = latents.shape[0]
+        both = self.null_condition(b).cat(cond)
+        timesteps = timestep_batch(t, 2 * b, latents.device)
+        uncond, conditional = self.denoise(torch.cat([latents, latents]), timesteps, both).chunk(2)
+        return guide(uncond, conditional, guidance_scale)
+
+    # ---------------------------------------------------------------- training
+    def forward(self, batch: dict[str, Tensor], stage: Stage) -> dict[str, Tensor]:
+        """Losses for one batch: ``loss`` (the total to backpropagate), each term and scalars."""
+        if stage not in STAGES:
+            raise ValueError(f"unknown stage {stage!r}: expected one of {', '.join(STAGES)}")
+        self._check_batch(batch, stage)
+        cfg = self.cfg
+        out, z_sem = self.encode(batch["eeg"], batch["subject"])
+        image_index = batch.get("image_index")
+        clip = batch["clip"].to(z_sem.dtype)
+        scale = self.semantic.scale()
+        terms: dict[str, Tensor] = {
+            "loss/align": contrastive_loss(z_sem, clip, scale, image_index),
+            "loss/mse": cosine_loss(z_sem, clip),
+        }
+        align = cfg.lambda_align * terms["loss/align"] + cfg.lambda_mse * terms["loss/mse"]
+        if self.classifier is not None:
+            terms["loss/cls"] = classification_loss(self.classifier(out.z), batch["concept"])
+            align = align + cfg.lambda_cls * terms["loss/cls"]
+        scalars = {
+            "logit_scale": scale.detach(),
+            "acc/align_top1": in_batch_top1(z_sem.detach(), clip, image_index),
+        }
+        if stage == "align":
+            return {"loss": align, **terms, **scalars}
+
+        latent = batch["latent"]
+        b = latent.shape[0]
+        cond = self.conditioning(out.z, out.tokens, z_sem)
+        dropped = dropout_mask(b, cfg.diffusion.cond_dropout, latent.device)
+        # torch.where keeps the null parameters in the graph even when no row is dropped (DDP-safe).
+        cond = cond.select(dropped, self.null_condition(b))
+        noise = torch.randn_like(latent)
+        timesteps = torch.randint(
+            0, self.noise_scheduler.config.num_train_timesteps, (b,), device=latent.device
+        )
+        noisy = self.noise_scheduler.add_noise(latent, noise, timesteps)
+        target = diffusion_target(self.noise_scheduler, latent, noise, timesteps)
+        pred = self.denoise(noisy, timesteps, cond)
+        per_sample = (pred.float() - target.float()).pow(2).mean(dim=(1, 2, 3))
+        weights = min_snr_weights(self.noise_scheduler, timesteps, cfg.diffusion.min_snr_gamma)
+        if weights is not None:
+            per_sample = per_sample * weights
+        terms["loss/diffusion"] = per_sample.mean()
+        scalars["cond_drop_frac"] = dropped.float().mean()
+        return {"loss": terms["loss/diffusion"] + align, **terms, **scalars}
+
+    def _check_batch(self, batch: dict[str, Tensor], stage: str) -> None:
+        needed = ["eeg", "subject", "clip"]
+        if stage != "align":
+            needed.append("latent")
+        if self.classifier is not None:
+            needed.append("concept")
+        missing = [k for k in needed if k not in batch]
+        if missing:
+            raise KeyError(f"batch for stage '{stage}' lacks key(s) {missing}; has {sorted(batch)}")
+        if batch["clip"].shape[-1] != self.cfg.clip_dim:
+            raise ValueError(
+                f"batch 'clip' has width {batch['clip'].shape[-1]}, model.clip_dim is "
+                f"{self.cfg.clip_dim}"
+            )
+        if "latent" in needed and tuple(batch["latent"].shape[1:]) != self.latent_shape:
+            raise ValueError(
+                f"batch 'latent' has shape {list(batch['latent'].shape[1:])} per sample, the UNet "
+                f"takes {list(self.latent_shape)} (model.unet.latent_channels / latent_size)"
+            )
+
+    def enable_gradient_checkpointing(self) -> None:
+        """Recompute encoder blocks and UNet blocks in backward to save activation memory."""
+        self.unet.enable_gradient_checkpointing()
+        self.encoder.gradient_checkpointing = True
+
+    # ---------------------------------------------------------------- inference
+    @torch.no_grad()
+    def predict_clip(self, eeg: Tensor, subject: Tensor) -> Tensor:
+        """ẑ_sem [B, D_clip], L2-normalised, in eval mode (for retrieval)."""
+        with _eval_mode(self):
+            return self.encode(eeg.to(self.device), subject.to(self.device))[1]
+
+    @torch.no_grad()
+    def sample_latents(
+        self,
+        eeg: Tensor,
+        subject: Tensor,
+        *,
+        steps: int = 25,
+        guidance_scale: float = 3.0,
+        scheduler: Sampler = "ddim",
+        seed: int = 0,
+        batch_size: int = 16,
+    ) -> Tensor:
+        """Latents [B, 4, h, w] sampled with CFG; the same seed gives the same latents for any
+        ``batch_size`` (all initial noise is drawn up front from a CPU generator)."""
+        if steps < 1:
+            raise ValueError(f"steps must be >= 1, got {steps}")
+        generator = torch.Generator("cpu").manual_seed(seed)
+        noise = torch.randn((eeg.shape[0], *self.latent_shape), generator=generator)
+        chunks = []
+        with _eval_mode(self):
+            for start in range(0, eeg.shape[0], batch_size):
+                sl = slice(start, start + batch_size)
+                cond = self.condition(eeg[sl].to(self.device), subject[sl].to(self.device))
+                sampler = make_sampler(self.noise_scheduler, scheduler)
+                sampler.set_timesteps(steps, device=self.device)
+                latents = noise[sl].to(self.device) * sampler.init_noise_sigma
+                for t in sampler.timesteps:
+                    model_in = sampler.scale_model_input(latents, t)
+                    pred = self.guided_prediction(model_in, t, cond, guidance_scale)
+                    latents = sampler.step(pred, t, latents, return_dict=False)[0]
+                chunks.append(latents.float())
+        return torch.cat(chunks)
+
+    @staticmethod
+    @torch.no_grad()
+    def decode_latents(latents: Tensor, vae: AutoencoderKL, batch_size: int = 16) -> Tensor:
+        """VAE latents (× scaling factor, as cached in the shards) → images [B, 3, H, W] in [0, 1]."""
+        scaling = vae.config.scaling_factor
+        shift = getattr(vae.config, "shift_factor", None) or 0.0
+        param = next(vae.parameters())
+        images = []
+        for start in range(0, latents.shape[0], batch_size):
+            z = latents[start : start + batch_size].to(param.device, param.dtype)
+            x = vae.decode(z / scaling + shift, return_dict=False)[0]
+            images.append(((x.float() + 1) / 2).clamp(0, 1))
+        return torch.cat(images)
+
+    def reconstruct(
+        self,
+        eeg: Tensor,
+        subject: Tensor,
+        *,
+        vae: AutoencoderKL | None,
+        steps: int = 25,
+        guidance_scale: float = 3.0,
+        scheduler: Sampler = "ddim",
+        seed: int = 0,
+        batch_size: int = 16,
+    ) -> Tensor:
+        """Images [B, 3, H, W] in [0, 1] decoded by ``vae``; latents [B, 4, h, w] when vae is None."""
+        latents = self.sample_latents(
+            eeg,
+            subject,
+            steps=steps,
+            guidance_scale=guidance_scale,
+            scheduler=scheduler,
+            seed=seed,
+            batch_size=batch_size,
+        )
+        if vae is None:
+            return latents
+        return self.decode_latents(latents, vae, batch_size=batch_size)
+
+    # ---------------------------------------------------------------- persistence
+    def config_dict(self) -> dict[str, Any]:
+        return {
+            "format": io.FORMAT,
+            "format_version": io.FORMAT_VERSION,
+            "model": self.cfg.model_dump(mode="json"),
+            "n_channels": self.n_channels,
+            "n_times": self.n_times,
+            "n_subjects": self.n_subjects,
+            # The UNet's own config, so loading never needs the pretrained source again.
+            "unet": {k: v for k, v in self.unet.config.items() if not k.startswith("_")},
+        }
+
+    def save_pretrained(self, path: str | Path) -> Path:
+        """Write ``path/model.safetensors`` + ``path/config.json`` atomically; returns ``path``."""
+
+        def fill(tmp: Path) -> None:
+            save_model(self, str(tmp / io.WEIGHTS_NAME))
+            io.write_json(tmp / io.CONFIG_NAME, self.config_dict())
+
+        return io.write_dir_atomically(path, fill)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, *, device: str | torch.device = "cpu") -> SGDM:
+        """Load a folder written by :meth:`save_pretrained` (safetensors only, nothing unpickled)."""
+        data, weights = io.read_model_dir(path)
+        try:
+            cfg = ModelConfig.model_validate(data["model"])
+        except ValueError as exc:
+            raise ValueError(
+                f"{Path(path) / io.CONFIG_NAME}: invalid 'model' section: {exc}"
+            ) from None
+        unet = UNet2DConditionModel.from_config(data["unet"])
+        model = cls(
+            cfg,
+            n_channels=int(data["n_channels"]),
+            n_times=int(data["n_times"]),
+            n_subjects=int(data["n_subjects"]),
+            unet=unet,
+        )
+        try:
+            missing, unexpected = load_model(model, str(weights), strict=False, device=str(device))
+        except RuntimeError as exc:  # shape mismatches
+            raise ValueError(f"{weights}: weights do not match config.json: {exc}") from None
+        if missing or unexpected:
+            raise ValueError(
+                f"{weights}: weights do not match the config (missing {sorted(missing)[:5]}, "
+                f"unexpected {sorted(unexpected)[:5]})"
+            )
+        return model.to(device)
+
+
+class _eval_mode:
+    """Context manager: eval mode inside, the previous train/eval flag restored after."""
+
+    def __init__(self, module: nn.Module) -> None:
+        self.module = module
+
+    def __enter__(self) -> nn.Module:
+        self.was_training = self.module.training
+        self.module.eval()
+        return self.module
+
+    def __exit__(self, *exc: object) -> None:
+        self.module.train(self.was_training)
