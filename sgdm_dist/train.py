@@ -199,7 +199,11 @@ def train(
 
         fingerprint = check_replicas(accelerator, model)
         if fingerprint is not None and accelerator.num_processes > 1:
-            log.info("replicas identical on %d ranks (fingerprint %.10e)", accelerator.num_processes, fingerprint)
+            log.info(
+                "replicas identical on %d ranks (fingerprint %.10e)",
+                accelerator.num_processes,
+                fingerprint,
+            )
         final_ckpt = save_checkpoint(accelerator, ckpt_root, state, ema, cfg.train.keep_last)
         model_dir = _export(cfg, accelerator, model, ema, out_dir / "model", manifest)
         grid = _reconstruction_grid(cfg, accelerator, model_dir, out_dir)
@@ -268,12 +272,15 @@ def _eval_copy(cfg: Config, accelerator: Accelerator, model: Any, ema: EMA | Non
     if not accelerator.is_main_process:
         return None
     unwrapped = accelerator.unwrap_model(model)
-    copy = build_model(
-        cfg.model,
-        n_channels=unwrapped.n_channels,
-        n_times=unwrapped.n_times,
-        n_subjects=unwrapped.n_subjects,
-    )
+    # Building a model draws from the global RNG; fork it so validating never changes what training
+    # draws next (a resumed run must replay the same noise and dropout).
+    with torch.random.fork_rng(devices=[]):
+        copy = build_model(
+            cfg.model,
+            n_channels=unwrapped.n_channels,
+            n_times=unwrapped.n_times,
+            n_subjects=unwrapped.n_subjects,
+        )
     state_dict = {k: v.detach().float().cpu() for k, v in state_dict.items()}
     if ema is not None:
         state_dict.update(ema.shadow)

@@ -22,3 +22,36 @@ def repo() -> Path:
 @pytest.fixture
 def tiny_config_path() -> Path:
     return REPO / "configs" / "tiny.yaml"
+
+
+def tiny_data_overrides(root: Path) -> list[str]:
+    """Dotted overrides that put every data path of configs/tiny.yaml under ``root``."""
+    return [
+        f"data.raw_dir={root}/raw",
+        f"data.image_dir={root}/raw/images",
+        f"data.shard_dir={root}/shards",
+        f"data.cache_dir={root}/cache",
+    ]
+
+
+@pytest.fixture(scope="session")
+def tiny_shards(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    """Shards of the synthetic tiny dataset, written once per session by the real `sgdm prepare`.
+
+    Returns the overrides that point configs/tiny.yaml at them; tests must not modify the files.
+    """
+    import subprocess
+    import sys
+
+    root = tmp_path_factory.mktemp("tiny-shared")
+    overrides = tiny_data_overrides(root)
+    sgdm = Path(sys.executable).with_name("sgdm")
+    result = subprocess.run(
+        [str(sgdm), "prepare", str(REPO / "configs" / "tiny.yaml"), *overrides, "--synthetic"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=root,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return overrides

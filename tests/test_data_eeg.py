@@ -13,10 +13,32 @@ from sgdm_dist.data import DataError
 from sgdm_dist.data.eeg import epoch_partition, mvnn, pick_channels, shrunk_covariance
 from sgdm_dist.data.sources import THINGS_CHANNELS, Recording
 
-OFFICIAL_17 = set("Pz P3 P7 O1 Oz O2 P4 P8 P1 P5 PO7 PO3 POz PO4 PO8 P6 P2".split())
+OFFICIAL_17 = set(
+    [
+        "Pz",
+        "P3",
+        "P7",
+        "O1",
+        "Oz",
+        "O2",
+        "P4",
+        "P8",
+        "P1",
+        "P5",
+        "PO7",
+        "PO3",
+        "POz",
+        "PO4",
+        "PO8",
+        "P6",
+        "P2",
+    ]
+)
 
 
-def _recording(events: list[tuple[int, int]], n: int, sfreq: float = 1000.0, peak_at: int | None = None) -> Recording:
+def _recording(
+    events: list[tuple[int, int]], n: int, sfreq: float = 1000.0, peak_at: int | None = None
+) -> Recording:
     """63-ch noise-free recording whose every channel peaks sharply at each event sample."""
     x = np.zeros((len(THINGS_CHANNELS), n))
     for sample, _ in events:
@@ -74,11 +96,15 @@ def test_unknown_channel_is_named() -> None:
 
 def test_shrunk_covariance_equals_the_references_estimator() -> None:
     rng = np.random.default_rng(0)
-    x = rng.standard_normal((3, 5, 4, 6)) * rng.uniform(0.5, 2, 6)  # batch [3, 5], 4 samples, 6 features
+    x = rng.standard_normal((3, 5, 4, 6)) * rng.uniform(
+        0.5, 2, 6
+    )  # batch [3, 5], 4 samples, 6 features
     ours = shrunk_covariance(x)
     for i in range(3):
         for j in range(5):
-            np.testing.assert_allclose(ours[i, j], sklearn_shrunk_cov(x[i, j], shrinkage="auto"), rtol=1e-10, atol=1e-12)
+            np.testing.assert_allclose(
+                ours[i, j], sklearn_shrunk_cov(x[i, j], shrinkage="auto"), rtol=1e-10, atol=1e-12
+            )
 
 
 def _reference_mvnn(train: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -86,7 +112,13 @@ def _reference_mvnn(train: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, np
     sig_part = []
     for part in (test, train):
         sig_cond = [
-            np.mean([sklearn_shrunk_cov(part[c][:, :, t], shrinkage="auto") for t in range(part.shape[3])], axis=0)
+            np.mean(
+                [
+                    sklearn_shrunk_cov(part[c][:, :, t], shrinkage="auto")
+                    for t in range(part.shape[3])
+                ],
+                axis=0,
+            )
             for c in range(part.shape[0])
         ]
         sig_part.append(np.mean(sig_cond, axis=0))
@@ -125,8 +157,26 @@ def test_mvnn_whitening_makes_noise_covariance_identity(mode: str) -> None:
     test = evoked[:2] + np.einsum("ij,crjt->crit", chol, rng.standard_normal((2, 2000, n_ch, 5)))
     white_tr, _, _ = mvnn(train, test, mode, "train")
     resid = white_tr - white_tr.mean(axis=1, keepdims=True)  # remove the evoked part
-    cov = np.einsum("crit,crjt->ij", resid, resid) / (resid.shape[0] * (resid.shape[1] - 1) * resid.shape[3])
+    cov = np.einsum("crit,crjt->ij", resid, resid) / (
+        resid.shape[0] * (resid.shape[1] - 1) * resid.shape[3]
+    )
     raw_cov = np.einsum("crit,crjt->ij", noise, noise) / noise[..., 0, 0].size / noise.shape[3]
     assert np.abs(raw_cov - np.eye(n_ch)).max() > 1.0  # the test is not trivial
     # 'epochs' mode also absorbs the evoked variance over time, so it over-whitens a little.
     np.testing.assert_allclose(cov, np.eye(n_ch), atol=0.1 if mode == "time" else 0.35)
+
+
+@pytest.mark.parametrize(
+    ("preset", "shape"), [("things-official.yaml", (17, 100)), ("things-nice.yaml", (63, 250))]
+)
+def test_presets_give_the_published_epoch_shapes(preset: str, shape: tuple[int, int]) -> None:
+    from pathlib import Path
+
+    from sgdm_dist.config import load_config
+
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / preset)
+    events = [(1000 + 1500 * i, 1 + i % 2) for i in range(4)]
+    p = cfg.data.preprocess.model_copy(update={"mvnn": "none"})
+    ep = epoch_partition(_recording(events, 8000), p, None, seed=0)
+    assert ep.data.shape[2:] == shape
+    assert ep.data.shape[:2] == (2, 2)

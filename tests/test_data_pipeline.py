@@ -37,7 +37,9 @@ def prepared(tmp_path_factory: pytest.TempPathFactory) -> tuple[Config, list[str
     """`sgdm prepare configs/tiny.yaml --synthetic` into a temporary folder, through the CLI."""
     root = tmp_path_factory.mktemp("tiny")
     ov = _overrides(root)
-    result = CliRunner().invoke(app, ["prepare", str(REPO / "configs/tiny.yaml"), *ov, "--synthetic"])
+    result = CliRunner().invoke(
+        app, ["prepare", str(REPO / "configs/tiny.yaml"), *ov, "--synthetic"]
+    )
     assert result.exit_code == 0, result.output
     assert "train" in result.output and "sub-02" in result.output  # the summary table
     return load_config(REPO / "configs/tiny.yaml", ov), ov
@@ -60,17 +62,24 @@ def test_manifest_describes_the_shards(prepared: tuple[Config, list[str]]) -> No
     trials = {s: m.splits[s].n_samples for s in m.splits}
     assert trials["train"] + trials["val"] == 2 * n_train_images * syn.train_reps
     assert trials["test"] == 2 * syn.n_test_concepts * syn.test_reps
-    assert m.splits["val"].n_samples > 0 and m.splits["train"].per_subject == {1: trials["train"] // 2, 2: trials["train"] // 2}
+    assert m.splits["val"].n_samples > 0 and m.splits["train"].per_subject == {
+        1: trials["train"] // 2,
+        2: trials["train"] // 2,
+    }
     assert m.n_concepts == len(m.splits["train"].concepts)
-    assert not set(m.splits["val"].concepts) & set(m.splits["train"].concepts)  # val = held-out concepts
+    assert not set(m.splits["val"].concepts) & set(
+        m.splits["train"].concepts
+    )  # val = held-out concepts
     assert verify_shards(cfg.data.shard_dir) == []
     m.check_compatible(cfg)
     assert len(manifest_hash(cfg.data.shard_dir)) == 64
 
 
 def test_manifest_mismatch_names_what_differs(prepared: tuple[Config, list[str]]) -> None:
-    cfg, ov = prepared
-    bad = load_config(REPO / "configs/tiny.yaml", [*ov, "model.clip_dim=16", "model.unet.latent_size=16"])
+    _cfg, ov = prepared
+    bad = load_config(
+        REPO / "configs/tiny.yaml", [*ov, "model.clip_dim=16", "model.unet.latent_size=16"]
+    )
     with pytest.raises(DataError) as err:
         make_loader(bad, "train")
     msg = str(err.value)
@@ -89,7 +98,7 @@ def test_batches_have_the_contracted_fields(prepared: tuple[Config, list[str]]) 
         assert batch[k].dtype == torch.int64 and batch[k].shape == (5,)
     assert set(batch["subject"].tolist()) <= {1, 2}
     assert batch["image"].shape == (5, 3, 64, 64)
-    assert 0.0 <= batch["image"].min() and batch["image"].max() <= 1.0
+    assert batch["image"].min() >= 0.0 and batch["image"].max() <= 1.0
     assert len(batch["key"]) == 5
     train = next(iter(make_loader(cfg, "train", batch_size=4)))
     assert "image" not in train  # train omits stimuli by default
@@ -121,11 +130,17 @@ def test_exactly_once_across_two_ranks_and_two_workers(prepared: tuple[Config, l
     assert set(per_rank[0]).isdisjoint(per_rank[1]) and per_rank[0] and per_rank[1]
 
 
-def test_order_is_deterministic_per_epoch_and_len_is_exact(prepared: tuple[Config, list[str]]) -> None:
+def test_order_is_deterministic_per_epoch_and_len_is_exact(
+    prepared: tuple[Config, list[str]],
+) -> None:
     cfg, _ = prepared
 
     def order(epoch: int) -> list[str]:
-        return [k for b in make_loader(cfg, "train", epoch=epoch, rank=1, world_size=2) for k in b["key"]]
+        return [
+            k
+            for b in make_loader(cfg, "train", epoch=epoch, rank=1, world_size=2)
+            for k in b["key"]
+        ]
 
     first, again, other = order(0), order(0), order(1)
     assert first == again
@@ -160,7 +175,11 @@ def test_shard_round_trip_is_bit_exact(tmp_path: Path) -> None:
     ]
     rec = write_unit(tmp_path, "train", "u", trials, 2, "fp", {})
     assert [s["n_samples"] for s in rec["shards"]] == [2, 2, 1]
-    got = [decode(s) for sh in rec["shards"] for s in iter_shard(str(tmp_path / sh["name"]), sh["n_samples"])]
+    got = [
+        decode(s)
+        for sh in rec["shards"]
+        for s in iter_shard(str(tmp_path / sh["name"]), sh["n_samples"])
+    ]
     for t, g in zip(trials, got, strict=True):
         assert g["key"] == t.key and g["meta"] == t.meta
         for name in ("eeg", "clip", "latent"):
@@ -169,7 +188,9 @@ def test_shard_round_trip_is_bit_exact(tmp_path: Path) -> None:
     assert [s["sha256"] for s in rec2["shards"]] == [s["sha256"] for s in rec["shards"]]
 
 
-def test_truncated_shard_is_named_or_skipped_and_counted(prepared: tuple[Config, list[str]], tmp_path: Path) -> None:
+def test_truncated_shard_is_named_or_skipped_and_counted(
+    prepared: tuple[Config, list[str]], tmp_path: Path
+) -> None:
     import shutil
 
     cfg, ov = prepared
@@ -205,21 +226,28 @@ def test_random_vae_is_saved_and_reloads_identically(prepared: tuple[Config, lis
     with torch.no_grad():
         lat = vae.encode(x * 2 - 1).latent_dist.mean * vae.config.scaling_factor
     batch = next(
-        b for b in make_loader(cfg, "test", shuffle=False, drop_last=False) if 0 in b["image_index"].tolist()
+        b
+        for b in make_loader(cfg, "test", shuffle=False, drop_last=False)
+        if 0 in b["image_index"].tolist()
     )
     i = batch["image_index"].tolist().index(0)
-    np.testing.assert_allclose(batch["latent"][i].numpy(), lat[0].numpy().astype(np.float16), rtol=0, atol=1e-3)
+    np.testing.assert_allclose(
+        batch["latent"][i].numpy(), lat[0].numpy().astype(np.float16), rtol=0, atol=1e-3
+    )
 
 
-def test_rerun_is_idempotent_and_interrupted_run_resumes(prepared: tuple[Config, list[str]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import shutil
+def test_rerun_is_idempotent_and_interrupted_run_resumes(
+    prepared: tuple[Config, list[str]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
 
     from sgdm_dist.data import prepare as prep
 
     cfg, ov = prepared
     reference = (Path(cfg.data.shard_dir) / "manifest.json").read_bytes()
     # A re-run over finished shards changes nothing and recomputes no features.
-    shard = Path(cfg.data.shard_dir) / read_manifest(cfg.data.shard_dir).splits["train"].shards[0].name
+    shard = (
+        Path(cfg.data.shard_dir) / read_manifest(cfg.data.shard_dir).splits["train"].shards[0].name
+    )
     before = shard.stat().st_mtime_ns
     m = prep.prepare(cfg, progress=False)
     assert m.features and (Path(cfg.data.shard_dir) / "manifest.json").read_bytes() == reference
@@ -247,3 +275,66 @@ def test_rerun_is_idempotent_and_interrupted_run_resumes(prepared: tuple[Config,
     assert leftovers == []
     assert json.loads(reference)["splits"]["train"]["n_samples"] > 0
     assert os.path.exists(out / ".units")
+
+
+def test_things_preprocessed_files_are_sharded_directly(
+    prepared: tuple[Config, list[str]], tmp_path: Path
+) -> None:
+    from sgdm_dist.data.prepare import prepare
+
+    cfg, ov = prepared
+    syn = cfg.data.synthetic
+    rng = np.random.default_rng(5)
+    ch = ["O1", "Oz", "O2"]
+    times = np.round(np.arange(-20, 80) / 100, 2)
+    sub = tmp_path / "pre" / "sub-03"
+    sub.mkdir(parents=True)
+    tr = rng.standard_normal((syn.n_train_concepts * syn.images_per_concept, 4, 3, 100))
+    te = rng.standard_normal((syn.n_test_concepts, 80, 3, 100))
+    for part, x in (("training", tr), ("test", te)):
+        d = {"preprocessed_eeg_data": x, "ch_names": ch, "times": times}
+        np.save(sub / f"preprocessed_eeg_{part}.npy", d, allow_pickle=True)
+    c2 = load_config(
+        REPO / "configs/tiny.yaml",
+        [
+            *ov,
+            "data.source=things_preprocessed",
+            f"data.raw_dir={tmp_path / 'pre'}",
+            f"data.shard_dir={tmp_path / 'out'}",
+            "data.preprocess.channels=[O1, Oz, O2]",
+            "data.preprocess.average_test_reps=true",
+        ],
+    )
+    m = prepare(c2, progress=False)
+    assert (
+        m.ch_names == ch and m.n_times == 100 and m.subjects == [3] and m.eeg_unit == "as-provided"
+    )
+    assert m.splits["test"].n_samples == syn.n_test_concepts  # 80 repetitions averaged
+    assert m.splits["train"].n_samples + m.splits["val"].n_samples == tr.shape[0] * 4
+    batch = next(iter(make_loader(c2, "test", shuffle=False, batch_size=2)))
+    expected = te[batch["image_index"].numpy()].mean(axis=1).astype(np.float16).astype(np.float32)
+    np.testing.assert_array_equal(batch["eeg"].numpy(), expected)
+
+
+def test_nan_recording_stops_prepare_with_the_file_named(
+    prepared: tuple[Config, list[str]], tmp_path: Path
+) -> None:
+    import shutil
+
+    from sgdm_dist.data.prepare import prepare
+
+    cfg, ov = prepared
+    raw = tmp_path / "raw"
+    shutil.copytree(Path(cfg.data.raw_dir) / "sub-01", raw / "sub-01")
+    f = raw / "sub-01" / "ses-01" / "raw_eeg_test.npy"
+    d = np.load(f, allow_pickle=True).item()
+    d["raw_eeg_data"][d["ch_names"].index("O2"), 100] = np.inf
+    np.save(f, d, allow_pickle=True)
+    c2 = load_config(
+        REPO / "configs/tiny.yaml",
+        [*ov, f"data.raw_dir={raw}", f"data.shard_dir={tmp_path / 'out'}"],
+    )
+    c2 = c2.model_copy(update={"data": c2.data.model_copy(update={"source": "things_raw"})})
+    with pytest.raises(DataError, match=r"raw_eeg_test.npy: non-finite values .* \['O2'\]"):
+        prepare(c2, progress=False)
+    assert not (tmp_path / "out" / "manifest.json").exists()

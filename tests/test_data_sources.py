@@ -62,7 +62,7 @@ def test_missing_key_and_wrong_shape_are_named(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="missing key 'sfreq'"):
         read_things_raw(tmp_path / "a.npy")
     d = _things_dict()
-    d["ch_names"] = d["ch_names"][:-2] + ["stim"]
+    d["ch_names"] = [*d["ch_names"][:-2], "stim"]
     d["ch_types"] = d["ch_types"][:-1]
     np.save(tmp_path / "b.npy", d, allow_pickle=True)
     with pytest.raises(DataError, match=r"shape \(64, 3000\) but 63 ch_names"):
@@ -83,7 +83,11 @@ def test_mne_file_with_events_table(tmp_path: Path) -> None:
 
 def test_preprocessed_round_trip_and_shape_check(tmp_path: Path) -> None:
     x = np.random.default_rng(2).standard_normal((4, 2, 3, 10))
-    good = {"preprocessed_eeg_data": x, "ch_names": ["O1", "Oz", "O2"], "times": np.arange(10) / 100}
+    good = {
+        "preprocessed_eeg_data": x,
+        "ch_names": ["O1", "Oz", "O2"],
+        "times": np.arange(10) / 100,
+    }
     np.save(tmp_path / "p.npy", good, allow_pickle=True)
     out = read_things_preprocessed(tmp_path / "p.npy")
     np.testing.assert_array_equal(out["data"], x)

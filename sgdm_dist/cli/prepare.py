@@ -21,7 +21,8 @@ def prepare(
     """Preprocess EEG with MNE, cache CLIP/VAE features and write WebDataset shards + manifest."""
     from sgdm_dist.data import DataError
     from sgdm_dist.data.manifest import manifest_hash
-    from sgdm_dist.data.prepare import local_out_dir, prepare as run_prepare, summary_rows
+    from sgdm_dist.data.prepare import local_out_dir, summary_rows
+    from sgdm_dist.data.prepare import prepare as run_prepare
 
     cfg = resolve(config, overrides)
     console = Console()

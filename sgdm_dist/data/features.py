@@ -331,4 +331,6 @@ def load_clip(manifest_or_path: Any) -> Any:
         model = open_clip.create_model(cfg["model_name"], pretrained=None)
         _load_safetensors(model, path / "model.safetensors")
         return model.eval()
-    return open_clip.create_model(m.features["clip_model"], pretrained=m.encoder_path("clip")).eval()
+    return open_clip.create_model(
+        m.features["clip_model"], pretrained=m.encoder_path("clip")
+    ).eval()

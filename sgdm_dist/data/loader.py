@@ -13,6 +13,7 @@ nominal epoch of the same size (no exactly-once guarantee, balanced ranks).
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import random
@@ -56,7 +57,9 @@ def shard_order(shards: list[ShardEntry], seed: int, epoch: int, shuffle: bool) 
     return [shards[i] for i in perm]
 
 
-def assign(shards: list[ShardEntry], rank: int, world_size: int, worker: int, num_workers: int) -> list[ShardEntry]:
+def assign(
+    shards: list[ShardEntry], rank: int, world_size: int, worker: int, num_workers: int
+) -> list[ShardEntry]:
     """Disjoint shard subsets: by rank first, then by DataLoader worker."""
     return shards[rank::world_size][worker::num_workers]
 
@@ -126,7 +129,9 @@ class ShardStream(torch.utils.data.IterableDataset):
                 if not self.skip_corrupt:
                     raise
                 self.skipped.append(entry.name)
-                log.warning("skip_corrupt: skipped %s (%d so far): %s", entry.name, len(self.skipped), exc)
+                log.warning(
+                    "skip_corrupt: skipped %s (%d so far): %s", entry.name, len(self.skipped), exc
+                )
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         worker = self._worker()
@@ -135,18 +140,19 @@ class ShardStream(torch.utils.data.IterableDataset):
         if self.shuffle and self.shuffle_buffer > 1:
             rng = random.Random(f"{self.seed}-{self.epoch}-{self.rank}-{worker}-samples")
             stream = wds.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer, rng=rng)(stream)
-        stream = wds.batched(self.batch_size, collation_fn=collate, partial=not self.drop_last)(stream)
-        n = 0
-        limit = self.batches_for_worker(worker) if self.resampled else None
-        for batch in stream:
-            if limit is not None and n >= limit:
-                break
-            n += 1
-            yield batch
+        stream = wds.batched(self.batch_size, collation_fn=collate, partial=not self.drop_last)(
+            stream
+        )
+        if self.resampled:  # an infinite stream: cut the nominal epoch (WebDataset's with_epoch)
+            stream = itertools.islice(stream, self.batches_for_worker(worker))
+        yield from stream
         if self.skipped:
             log.warning(
                 "rank %d worker %d: skipped %d corrupt shard(s): %s",
-                self.rank, worker, len(self.skipped), self.skipped,
+                self.rank,
+                worker,
+                len(self.skipped),
+                self.skipped,
             )
 
 
@@ -158,7 +164,9 @@ class EEGLoader:
         self.manifest = manifest
         self.num_workers = num_workers
         self._loader: Any = (
-            wds.WebLoader(stream, batch_size=None, num_workers=num_workers, persistent_workers=False)
+            wds.WebLoader(
+                stream, batch_size=None, num_workers=num_workers, persistent_workers=False
+            )
             if num_workers > 0
             else stream
         )
@@ -233,4 +241,6 @@ def split_image_embeddings(shard_dir: str, split: str) -> tuple[torch.Tensor, to
         z = np.load(f, allow_pickle=False)
         idx, clip = z["image_index"], z["clip"]
     order = np.argsort(idx)
-    return torch.from_numpy(idx[order].astype(np.int64)), torch.from_numpy(clip[order].astype(np.float32))
+    return torch.from_numpy(idx[order].astype(np.int64)), torch.from_numpy(
+        clip[order].astype(np.float32)
+    )

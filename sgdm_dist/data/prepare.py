@@ -78,7 +78,7 @@ def assign_splits(train_records: list[ImageRecord], cfg: Config) -> dict[int, st
     frac = cfg.data.val_fraction
     if cfg.data.val_by == "concept":
         concepts = sorted({r.concept for r in train_records})
-        n_val = int(round(frac * len(concepts)))
+        n_val = round(frac * len(concepts))
         if frac > 0 and len(concepts) > 1:
             n_val = max(n_val, 1)
         val = set(rng.permutation(concepts)[:n_val].tolist())
@@ -88,16 +88,16 @@ def assign_splits(train_records: list[ImageRecord], cfg: Config) -> dict[int, st
         by_concept.setdefault(r.concept, []).append(r)
     out = {}
     for recs in by_concept.values():
-        n_val = int(round(frac * len(recs)))
+        n_val = round(frac * len(recs))
         chosen = {recs[i].condition for i in rng.permutation(len(recs))[:n_val]}
         out.update({r.condition: "val" if r.condition in chosen else "train" for r in recs})
     return out
 
 
 def _png(path: Path, size: int) -> bytes:
-    from sgdm_dist.data.features import to_tensor
-
     from PIL import Image
+
+    from sgdm_dist.data.features import to_tensor
 
     with Image.open(path) as im:
         arr = (to_tensor(im, size).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)

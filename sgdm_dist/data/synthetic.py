@@ -40,7 +40,46 @@ PULSE_SAMPLES = 10  # stim pulses wider than MNE's shortest_event default
 SIGNAL_V = 8e-6  # source peak amplitude at snr = 1, volts
 PINK_V = 8e-6  # background pink-noise RMS per channel, volts
 RENDER_GAIN = 1.0  # sigmoid gain of the image rendering: lower = pixels closer to linear in z
-_SYLLABLES = "ba be bi bo bu da de di do ka ke ki ko lu ma me mi mo na ne no pa pe po ra re ri ro sa se so ta te ti to va ve zu".split()
+_SYLLABLES = [
+    "ba",
+    "be",
+    "bi",
+    "bo",
+    "bu",
+    "da",
+    "de",
+    "di",
+    "do",
+    "ka",
+    "ke",
+    "ki",
+    "ko",
+    "lu",
+    "ma",
+    "me",
+    "mi",
+    "mo",
+    "na",
+    "ne",
+    "no",
+    "pa",
+    "pe",
+    "po",
+    "ra",
+    "re",
+    "ri",
+    "ro",
+    "sa",
+    "se",
+    "so",
+    "ta",
+    "te",
+    "ti",
+    "to",
+    "va",
+    "ve",
+    "zu",
+]
 
 
 @dataclass
@@ -155,7 +194,7 @@ def _record(
     """One continuous recording in THINGS-EEG2's raw dict format (63 EEG channels + stim)."""
     n_img = len(world.factors[part])
     codes = np.repeat(np.arange(1, n_img + 1), reps)
-    n_catch = int(round(cfg.catch_fraction * len(codes)))
+    n_catch = round(cfg.catch_fraction * len(codes))
     codes = rng.permutation(np.concatenate([codes, np.full(n_catch, TARGET_EVENT)]))
     n = int((LEAD_S + len(codes) * SOA_S + TAIL_S) * SFREQ)
     onsets = (LEAD_S * SFREQ + np.arange(len(codes)) * SOA_S * SFREQ).astype(int)

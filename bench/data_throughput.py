@@ -1,0 +1,143 @@
+"""Loader throughput vs the raw tar-read rate of the same shards, measured in the same run.
+
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/data_throughput.py --samples 8000 --workers 2
+
+Writes a shard set of the requested EEG shape (random values, real schema) under --out, then
+times (1) reading every tar member of every shard in this process (the raw rate) and (2) the training
+loader (decode, shuffle buffer, collate, batches) with --workers DataLoader workers. Goal: loader ≥
+0.8 × raw on 2 workers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from sgdm_dist import __version__
+from sgdm_dist.config import load_config
+from sgdm_dist.data.loader import make_loader
+from sgdm_dist.data.manifest import Manifest, ShardEntry, SplitInfo, write_manifest
+from sgdm_dist.data.shards import Trial, iter_shard, write_unit
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write_bench_shards(
+    out: Path, n: int, per_shard: int, ch: int, t: int, clip_dim: int
+) -> Manifest:
+    rng = np.random.default_rng(0)
+
+    def trials():
+        for i in range(n):
+            yield Trial(
+                key=f"01_01_img{i:06d}_00",
+                eeg=rng.standard_normal((ch, t)).astype(np.float16),
+                clip=rng.standard_normal(clip_dim).astype(np.float16),
+                latent=rng.standard_normal((4, 8, 8)).astype(np.float16),
+                meta={"subject": 1, "session": 1, "image_index": i, "concept": i % 50},
+            )
+
+    rec = write_unit(out, "train", "sub-01_ses-01", trials(), per_shard, "bench", {})
+    shards = [ShardEntry(subject=1, session=1, **s) for s in rec["shards"]]
+    empty = SplitInfo(
+        shards=[],
+        n_samples=0,
+        per_subject={},
+        n_images=0,
+        concepts=[],
+        images_file="",
+        has_images=False,
+    )
+    m = Manifest(
+        package_version=__version__,
+        source="bench",
+        ch_names=[f"O{i}" for i in range(ch)],
+        sfreq=100.0,
+        times=list(np.round(np.arange(t) / 100 - 0.2, 6)),
+        n_channels=ch,
+        n_times=t,
+        eeg_unit="whitened",
+        clip_dim=clip_dim,
+        latent_shape=(4, 8, 8),
+        image_size=64,
+        subjects=[1],
+        sessions={1: [1]},
+        n_concepts=50,
+        splits={
+            "train": SplitInfo(
+                shards=shards,
+                n_samples=n,
+                per_subject={1: n},
+                n_images=n,
+                concepts=[],
+                images_file="",
+                has_images=False,
+            ),
+            "val": empty,
+            "test": empty,
+        },
+        preprocess={},
+        features={},
+        encoders={},
+        text_embeddings="",
+        seed=0,
+    )
+    write_manifest(m, out)
+    return m
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--samples", type=int, default=8000)
+    ap.add_argument("--shard-size", type=int, default=500)
+    ap.add_argument("--channels", type=int, default=17)
+    ap.add_argument("--times", type=int, default=100)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--out", type=Path, default=None)
+    a = ap.parse_args()
+    out = a.out or Path(tempfile.mkdtemp(prefix="sgdm-bench-"))
+    m = write_bench_shards(out, a.samples, a.shard_size, a.channels, a.times, 32)
+    mb = sum((out / s.name).stat().st_size for s in m.splits["train"].shards) / 1e6
+    cfg = load_config(
+        REPO / "configs/tiny.yaml",
+        [
+            f"data.shard_dir={out}",
+            f"data.loader.num_workers={a.workers}",
+            f"data.loader.batch_size={a.batch_size}",
+            "data.preprocess.channels=all",
+            "data.preprocess.tmin=-0.2",
+        ],
+    )
+    raw_rates, loader_rates = [], []
+    for _ in range(a.repeats):
+        t0 = time.perf_counter()
+        n_raw = sum(
+            1 for s in m.splits["train"].shards for _ in iter_shard(f"{out}/{s.name}", s.n_samples)
+        )
+        raw_rates.append(n_raw / (time.perf_counter() - t0))
+        t0 = time.perf_counter()
+        n_loaded = sum(len(b["key"]) for b in make_loader(cfg, "train", epoch=_, drop_last=False))
+        loader_rates.append(n_loaded / (time.perf_counter() - t0))
+        assert n_loaded == n_raw == a.samples
+    raw, loader = float(np.median(raw_rates)), float(np.median(loader_rates))
+    print(
+        f"shards: {len(m.splits['train'].shards)} × {a.shard_size} samples, {mb:.1f} MB, "
+        f"EEG [{a.channels}, {a.times}] float16; batch {a.batch_size}, {a.workers} workers"
+    )
+    print(f"raw tar read (1 process): {raw:10.0f} samples/s")
+    print(
+        f"loader (decode+shuffle+collate): {loader:10.0f} samples/s  ratio {loader / raw:.2f} (goal ≥ 0.8)"
+    )
+    if a.out is None:
+        shutil.rmtree(out)
+
+
+if __name__ == "__main__":
+    main()
