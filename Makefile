@@ -14,7 +14,7 @@ PIP_NOISE := 'is ignored: it is neither a file nor a directory'
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help install demo test lint format clean
+.PHONY: help install system-deps demo test lint format clean
 
 help:
 	@echo "make demo    - run the whole pipeline on the embedded default (synthetic data, local MLflow)"
@@ -33,11 +33,17 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
+# Debian packages the tests use: Chromium renders the HTML report; kubectl renders kustomize offline.
+# Installed only when missing (CI runs as root on a Debian machine).
+system-deps:
+	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
+	@command -v kubectl >/dev/null || { apt-get update -qq && apt-get install -y -qq kubernetes-client >/dev/null; }
+
 demo: install
 	$(BIN)/sgdm demo configs/tiny.yaml
 
 # pytest exit 5 means "no tests collected": say so and fail, an empty run proves nothing.
-test: install lint
+test: install system-deps lint
 	rc=0; $(BIN)/pytest $(PYTEST_ARGS) || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
 

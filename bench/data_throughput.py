@@ -11,6 +11,8 @@ loader (decode, shuffle buffer, collate, batches) with --workers DataLoader work
 from __future__ import annotations
 
 import argparse
+import os
+import resource
 import shutil
 import tempfile
 import time
@@ -25,6 +27,13 @@ from sgdm_dist.data.manifest import Manifest, ShardEntry, SplitInfo, write_manif
 from sgdm_dist.data.shards import Trial, iter_shard, write_unit
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def cpu_seconds() -> float:
+    """User + system CPU of this process and its finished children (DataLoader workers)."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def write_bench_shards(
@@ -115,25 +124,35 @@ def main() -> None:
             "data.preprocess.tmin=-0.2",
         ],
     )
-    raw_rates, loader_rates = [], []
-    for _ in range(a.repeats):
-        t0 = time.perf_counter()
+    raw_rates, loader_rates, raw_cpu, loader_cpu = [], [], [], []
+    for epoch in range(a.repeats):
+        t0, c0 = time.perf_counter(), cpu_seconds()
         n_raw = sum(
             1 for s in m.splits["train"].shards for _ in iter_shard(f"{out}/{s.name}", s.n_samples)
         )
         raw_rates.append(n_raw / (time.perf_counter() - t0))
-        t0 = time.perf_counter()
-        n_loaded = sum(len(b["key"]) for b in make_loader(cfg, "train", epoch=_, drop_last=False))
+        raw_cpu.append((cpu_seconds() - c0) / n_raw * 1000)
+        t0, c0 = time.perf_counter(), cpu_seconds()
+        loader = make_loader(cfg, "train", epoch=epoch, drop_last=False)
+        n_loaded = sum(len(b["key"]) for b in loader)
         loader_rates.append(n_loaded / (time.perf_counter() - t0))
+        loader_cpu.append((cpu_seconds() - c0) / n_loaded * 1000)
         assert n_loaded == n_raw == a.samples
-    raw, loader = float(np.median(raw_rates)), float(np.median(loader_rates))
+    raw, rate = float(np.median(raw_rates)), float(np.median(loader_rates))
     print(
         f"shards: {len(m.splits['train'].shards)} × {a.shard_size} samples, {mb:.1f} MB, "
         f"EEG [{a.channels}, {a.times}] float16; batch {a.batch_size}, {a.workers} workers"
     )
-    print(f"raw tar read (1 process): {raw:10.0f} samples/s")
     print(
-        f"loader (decode+shuffle+collate): {loader:10.0f} samples/s  ratio {loader / raw:.2f} (goal ≥ 0.8)"
+        f"raw tar read (1 process): {raw:8.0f} samples/s, "
+        f"{np.median(raw_cpu):.3f} CPU-s per 1000 samples"
+    )
+    print(
+        f"loader (read+decode+shuffle+collate): {rate:8.0f} samples/s, "
+        f"{np.median(loader_cpu):.3f} CPU-s per 1000 samples (workers included)"
+    )
+    print(
+        f"ratio loader/raw: {rate / raw:.2f} (goal >= 0.8); load average {os.getloadavg()[0]:.1f}"
     )
     if a.out is None:
         shutil.rmtree(out)

@@ -10,8 +10,9 @@ from __future__ import annotations
 import json
 import logging
 import signal
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,7 @@ from sgdm_dist.validation import reconstruction_grid, validate_retrieval
 
 log = logging.getLogger(__name__)
 
+EvalHook = Callable[[int, SGDM], dict[str, float]]
 PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM: "stopped by a signal", so a job controller restarts it
 
 
@@ -73,8 +75,14 @@ def train(
     resume: str | None = None,
     request: LaunchRequest | None = None,
     env_tracking_uri: str | None = None,
+    on_eval: EvalHook | None = None,
 ) -> TrainResult:
-    """Train ``cfg`` in this process (one of N under a launcher). Collective: all ranks call it."""
+    """Train ``cfg`` in this process (one of N under a launcher). Collective: all ranks call it.
+
+    ``on_eval(step, model)`` runs on rank 0 at every validation with a full-weight single-process
+    copy of the model (EMA weights when enabled) in eval mode; the metrics it returns are logged
+    with the built-in ones (Ray Tune reports held-out-subject scores through it).
+    """
     accelerator = make_accelerator(cfg, request or LaunchRequest.from_env())
     set_seed(cfg.experiment.seed)
     out_dir = cfg.experiment.output_dir
@@ -137,16 +145,9 @@ def train(
         while state.step < cfg.train.total_steps:
             for batch in _epoch_batches(cfg, accelerator, state):
                 stage = cfg.train.stage_at(state.step)
-                with accelerator.accumulate(model):
-                    out = model(batch, stage=stage)
-                    accelerator.backward(out["loss"])
-                    grad_norm = None
-                    if accelerator.sync_gradients and cfg.train.max_grad_norm is not None:
-                        grad_norm = accelerator.clip_grad_norm_(
-                            model.parameters(), cfg.train.max_grad_norm
-                        )
-                    optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
+                out, grad_norm = train_step(
+                    accelerator, model, optimizer, batch, stage, cfg.train.max_grad_norm
+                )
                 state.batch_in_epoch += 1
                 state.samples_seen += batch["eeg"].shape[0] * accelerator.num_processes
                 window.add(batch["eeg"].shape[0] * accelerator.num_processes)
@@ -168,7 +169,7 @@ def train(
                         stage=1.0 if stage == "align" else 2.0,
                     )
                     if grad_norm is not None:
-                        logged["grad_norm"] = float(grad_norm)
+                        logged["grad_norm"] = grad_norm
                     if torch.cuda.is_available():
                         logged["gpu_mem_gb"] = torch.cuda.max_memory_allocated() / 2**30
                     tracker.log_metrics(logged, state.step)
@@ -179,7 +180,7 @@ def train(
                     last_metrics.update(logged)
 
                 if state.step % cfg.train.eval_every == 0 or state.step == cfg.train.total_steps:
-                    val = _validate(cfg, accelerator, model, ema)
+                    val = _validate(cfg, accelerator, model, ema, state.step, on_eval)
                     if val:
                         tracker.log_metrics(val, state.step)
                         history.write(state.step, val)
@@ -219,6 +220,29 @@ def train(
         tracker.close(status)
         accelerator.wait_for_everyone()
         accelerator.end_training()
+
+
+def train_step(
+    accelerator: Accelerator,
+    model: Any,
+    optimizer: torch.optim.Optimizer,
+    batch: dict[str, Any],
+    stage: str,
+    max_grad_norm: float | None,
+) -> tuple[dict[str, torch.Tensor], float | None]:
+    """One micro-batch: forward, backward, and — at an accumulation boundary — clip and step.
+
+    Returns the model's loss terms and the gradient norm (None between boundaries or unclipped).
+    """
+    grad_norm = None
+    with accelerator.accumulate(model):
+        out = model(batch, stage=stage)
+        accelerator.backward(out["loss"])
+        if accelerator.sync_gradients and max_grad_norm is not None:
+            grad_norm = accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return out, None if grad_norm is None else float(grad_norm)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -395,6 +419,8 @@ class _StopFlag:
     @classmethod
     def install(cls) -> _StopFlag:
         flag = cls()
+        if threading.current_thread() is not threading.main_thread():
+            return flag  # e.g. a Ray Tune trial thread: its host process owns the signals
         for sig in (signal.SIGTERM, signal.SIGINT):
             flag._previous[sig] = signal.signal(sig, flag._handle)
         return flag

@@ -32,10 +32,10 @@ def test_defaults_without_file() -> None:
 def test_dotted_overrides_are_typed(tiny_config_path: Path) -> None:
     cfg = load_config(
         tiny_config_path,
-        ["train.lr=3e-4", "model.unet.block_out_channels=[16, 32]", "train.max_grad_norm=null"],
+        ["train.lr=3e-4", "model.unet.block_out_channels=[32, 96]", "train.max_grad_norm=null"],
     )
     assert cfg.train.lr == pytest.approx(3e-4)
-    assert cfg.model.unet.block_out_channels == [16, 32]
+    assert cfg.model.unet.block_out_channels == [32, 96]
     assert cfg.train.max_grad_norm is None
 
 
@@ -144,3 +144,16 @@ def test_config_is_immutable(tiny_config_path: Path) -> None:
     cfg = load_config(tiny_config_path)
     with pytest.raises(Exception, match="frozen"):
         cfg.train.lr = 1.0  # type: ignore[misc]
+
+
+def test_yaml_12_booleans_keep_no_as_text(tmp_path: Path, tiny_config_path: Path) -> None:
+    cfg = load_config(tiny_config_path, ["train.mixed_precision=no", "train.joint=true"])
+    assert cfg.train.mixed_precision == "no"
+    assert cfg.train.joint is True
+    path = tmp_path / "p.yaml"
+    path.write_text("train:\n  mixed_precision: no\n")
+    assert load_config(path).train.mixed_precision == "no"
+
+
+def test_hash_in_override_value_is_text(tiny_config_path: Path) -> None:
+    assert load_config(tiny_config_path, ["experiment.name=run #3"]).experiment.name == "run #3"

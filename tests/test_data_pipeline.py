@@ -183,7 +183,7 @@ def test_shard_round_trip_is_bit_exact(tmp_path: Path) -> None:
     for t, g in zip(trials, got, strict=True):
         assert g["key"] == t.key and g["meta"] == t.meta
         for name in ("eeg", "clip", "latent"):
-            assert np.array_equal(g[name], getattr(t, name).astype(np.float32))
+            assert g[name].dtype == np.float16 and np.array_equal(g[name], getattr(t, name))
     rec2 = write_unit(tmp_path / "again", "train", "u", trials, 2, "fp", {})
     assert [s["sha256"] for s in rec2["shards"]] == [s["sha256"] for s in rec["shards"]]
 
@@ -269,6 +269,8 @@ def test_rerun_is_idempotent_and_interrupted_run_resumes(
         prep.prepare(c2, progress=False)
     assert not (out / "manifest.json").exists()
     monkeypatch.setattr(prep, "write_unit", real_write)
+    # Resume with sessions in 2 worker processes: same bytes as the serial run.
+    c2 = c2.model_copy(update={"data": c2.data.model_copy(update={"workers": 2})})
     prep.prepare(c2, progress=False)
     assert (out / "manifest.json").read_bytes() == reference
     leftovers = [p for p in out.rglob("*") if ".tmp-" in p.name]
@@ -338,3 +340,22 @@ def test_nan_recording_stops_prepare_with_the_file_named(
     with pytest.raises(DataError, match=r"raw_eeg_test.npy: non-finite values .* \['O2'\]"):
         prepare(c2, progress=False)
     assert not (tmp_path / "out" / "manifest.json").exists()
+
+
+def test_fsspec_url_output_and_streaming(prepared: tuple[Config, list[str]]) -> None:
+    import fsspec
+
+    from sgdm_dist.data.prepare import prepare
+
+    _, ov = prepared
+    url = "memory://sgdm-test/shards"
+    c2 = load_config(
+        REPO / "configs/tiny.yaml", [*ov, f"data.shard_dir={url}", "data.loader.num_workers=0"]
+    )
+    m = prepare(c2, progress=False)
+    fs = fsspec.filesystem("memory")
+    assert fs.exists("/sgdm-test/shards/manifest.json")
+    assert read_manifest(url).splits["test"].n_samples == m.splits["test"].n_samples
+    assert verify_shards(url) == []
+    keys = [k for b in make_loader(c2, "test", drop_last=False) for k in b["key"]]
+    assert len(keys) == len(set(keys)) == m.splits["test"].n_samples

@@ -84,7 +84,7 @@ def test_two_processes_train_one_synchronised_model(
     log = result.stdout + result.stderr
     assert result.returncode == 0, log[-4000:]
 
-    client, run = only_run(out)
+    _client, run = only_run(out)
     assert run.data.tags["num_processes"] == "2"
     assert run.data.tags["distributed_type"] == f"DistributedType.{expected_type}"
     assert run.info.status == "FINISHED"

@@ -27,6 +27,11 @@ class EncoderConfig(Section):
     temporal_kernel: int = Field(
         13, gt=0, description="First temporal convolution kernel length, samples."
     )
+    readout_dim: int = Field(
+        8,
+        gt=0,
+        description="Features per (channel, time patch) cell in the flattened z_eeg readout.",
+    )
     dropout: float = Field(0.1, ge=0, lt=1)
     subject_conditioning: Literal["none", "embedding", "layer"] = Field(
         "embedding",

@@ -35,10 +35,15 @@ log = logging.getLogger(__name__)
 def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
     """Decoded samples → batch: eeg [B, C, T], clip [B, D], latent [B, 4, h, w], ints [B], keys."""
     metas = [s["meta"] for s in samples]
+
+    def stack(name: str) -> torch.Tensor:
+        # Stack the stored float16 first, then convert once: one float32 copy per batch.
+        return torch.from_numpy(np.stack([s[name] for s in samples]).astype(np.float32))
+
     batch: dict[str, Any] = {
-        "eeg": torch.from_numpy(np.stack([s["eeg"] for s in samples])),
-        "clip": torch.from_numpy(np.stack([s["clip"] for s in samples])),
-        "latent": torch.from_numpy(np.stack([s["latent"] for s in samples])),
+        "eeg": stack("eeg"),
+        "clip": stack("clip"),
+        "latent": stack("latent"),
         "subject": torch.tensor([m["subject"] for m in metas], dtype=torch.int64),
         "image_index": torch.tensor([m["image_index"] for m in metas], dtype=torch.int64),
         "concept": torch.tensor([m["concept"] for m in metas], dtype=torch.int64),

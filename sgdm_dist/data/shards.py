@@ -186,14 +186,15 @@ def load_npy(buf: bytes) -> np.ndarray:
 
 
 def decode(sample: dict[str, Any]) -> dict[str, Any]:
-    """Bytes → arrays (float32), metadata dict and optional image [3, H, W] float32 in [0, 1]."""
+    """Bytes → arrays as stored (float16; the loader converts whole batches), metadata dict and the
+    optional image [3, H, W] float32 in [0, 1]."""
     url = sample.get("__url__", "?")
     try:
         out: dict[str, Any] = {
             "key": sample["__key__"],
-            "eeg": load_npy(sample["eeg.npy"]).astype(np.float32),
-            "clip": load_npy(sample["clip.npy"]).astype(np.float32),
-            "latent": load_npy(sample["latent.npy"]).astype(np.float32),
+            "eeg": load_npy(sample["eeg.npy"]),
+            "clip": load_npy(sample["clip.npy"]),
+            "latent": load_npy(sample["latent.npy"]),
             "meta": json.loads(sample["json"]),
         }
         if "img.png" in sample:

@@ -4,7 +4,7 @@ Generative model (docs/data.md has the full story):
 
 * every image ``i`` has latent factors ``z_i = c_concept + image_spread · ε`` in R^F; its pixels are a
   smooth nonlinear rendering of ``z_i`` (coloured blobs and gratings), so image encoders see them;
-* F "content" sources respond to an image with ``z_if · w_f(t)`` (ERP-like bumps 60-400 ms) plus two
+* F "content" sources respond to an image with ``z_if · w_f(t)`` (ERP-like bumps peaking at 80-200 ms) plus two
   content-free sources (P1/N1-like), so the EEG carries the image factors linearly;
 * sources reach the 63 scalp channels through a subject-specific mixing matrix
   ``A_s = (1 − v) · A_common + v · A_subject`` (v = ``subject_variability``), posterior topographies;
@@ -151,7 +151,7 @@ def _make_world(cfg: SyntheticConfig, rng: np.random.Generator) -> World:
         if k < 2:  # content-free P1 (~100 ms, +) and N1 (~170 ms, −)
             lat, width, sign = (0.1, 0.025, 1.0) if k == 0 else (0.17, 0.035, -1.0)
         else:
-            lat, width, sign = rng.uniform(0.1, 0.45), rng.uniform(0.04, 0.1), rng.choice([-1, 1])
+            lat, width, sign = rng.uniform(0.08, 0.2), rng.uniform(0.02, 0.05), rng.choice([-1, 1])
         waves.append(sign * np.exp(-0.5 * ((t - lat) / width) ** 2))
     positions = _positions()
     a_common = _topographies(positions, f + 2, rng)

@@ -4,7 +4,8 @@ Each channel's time course is cut into patches by temporal convolutions shared a
 grid of ``C × P`` tokens (P = ceil(T / patch_size)). Axial attention blocks then alternate attention
 *across channels* at each time patch (spatial) and *across time patches* within each channel (temporal),
 which costs O(C² + P²) per grid cell instead of O((C·P)²). K learned queries read the grid out into the
-token sequence the UNet cross-attends to; z_eeg is the mean of the grid plus the mean token.
+token sequence the UNet cross-attends to; z_eeg is a linear readout of the flattened grid (reduced to
+``readout_dim`` features per cell) plus the mean token.
 
 Subjects: ids are 1-based; 0 (or any id > n_subjects) is "unknown" and selects a shared, subject-agnostic
 entry that is trained by replacing real ids with 0 at rate ``subject_dropout``.
@@ -120,6 +121,10 @@ class EEGEncoder(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(AxialBlock(d, cfg.heads, cfg.dropout) for _ in range(cfg.depth))
         self.norm = nn.LayerNorm(d)
+        # z_eeg reads the flattened grid: where (channel, time) a feature occurs is the signal, and a
+        # mean over the grid would throw exactly that away.
+        self.flat_reduce = nn.Linear(d, cfg.readout_dim)
+        self.flat_proj = nn.Linear(n_channels * self.n_patches * cfg.readout_dim, d)
         self.queries = nn.Parameter(torch.randn(cfg.n_tokens, d) * 0.02)
         self.readout = nn.MultiheadAttention(d, cfg.heads, dropout=cfg.dropout, batch_first=True)
         self.token_norm = nn.LayerNorm(d)
@@ -158,5 +163,6 @@ class EEGEncoder(nn.Module):
         grid = self.norm(x).reshape(b, c * self.n_patches, -1)  # [B, C*P, D]
         queries = self.queries.expand(b, -1, -1)
         tokens = self.token_norm(queries + self.readout(queries, grid, grid, need_weights=False)[0])
+        z = self.flat_proj(self.drop(self.flat_reduce(grid).flatten(1)))
         # z also reads the tokens so the alignment stage trains the readout the UNet will use.
-        return EncoderOutput(z=grid.mean(dim=1) + tokens.mean(dim=1), tokens=tokens)
+        return EncoderOutput(z=z + tokens.mean(dim=1), tokens=tokens)
