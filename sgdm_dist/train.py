@@ -313,12 +313,19 @@ def _eval_copy(cfg: Config, accelerator: Accelerator, model: Any, ema: EMA | Non
 
 
 def _validate(
-    cfg: Config, accelerator: Accelerator, model: Any, ema: EMA | None
+    cfg: Config,
+    accelerator: Accelerator,
+    model: Any,
+    ema: EMA | None,
+    step: int,
+    on_eval: EvalHook | None,
 ) -> dict[str, float]:
     copy = _eval_copy(cfg, accelerator, model, ema)
     result: dict[str, float] = {}
     if copy is not None:
         result = validate_retrieval(cfg, copy, accelerator.device)
+        if on_eval is not None:
+            result.update(on_eval(step, copy))
     accelerator.wait_for_everyone()
     model.train()
     return result

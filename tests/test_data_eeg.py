@@ -180,3 +180,22 @@ def test_presets_give_the_published_epoch_shapes(preset: str, shape: tuple[int, 
     ep = epoch_partition(_recording(events, 8000), p, None, seed=0)
     assert ep.data.shape[2:] == shape
     assert ep.data.shape[:2] == (2, 2)
+
+
+def test_ica_removes_synthetic_blinks(tmp_path) -> None:
+    from sgdm_dist.config.data import SyntheticConfig
+    from sgdm_dist.data.eeg import clean_continuous
+    from sgdm_dist.data.sources import read_recording
+    from sgdm_dist.data.synthetic import write_synthetic
+
+    syn = SyntheticConfig(
+        n_subjects=1, n_train_concepts=10, images_per_concept=4, blink_rate_hz=0.5
+    )
+    write_synthetic(syn, tmp_path / "raw", tmp_path / "img", seed=0)
+    rec = read_recording(tmp_path / "raw" / "sub-01" / "ses-01" / "raw_eeg_training.npy")
+    fp1 = rec.raw.ch_names.index("Fp1")
+    before = np.ptp(rec.raw.get_data()[fp1])
+    cfg = PreprocessConfig(ica=True, ica_n_components=15)
+    after = np.ptp(clean_continuous(rec, cfg, seed=0).get_data()[fp1])
+    assert before > 80e-6  # blinks are there (~100 µV)
+    assert after < before / 2.5

@@ -24,7 +24,10 @@ class PreprocessConfig(Section):
     )
     ica: bool = Field(False, description="Remove blink components found with EOG proxies.")
     ica_n_components: int | float = Field(
-        0.99, gt=0, description="ICA components (int) or explained variance (float < 1)."
+        20, gt=0, description="ICA components (int) or explained variance (float < 1)."
+    )
+    ica_fit_hz: float = Field(
+        200.0, gt=0, description="ICA is fitted on data decimated to about this rate, Hz (speed)."
     )
     eog_channels: list[str] = Field(
         default_factory=lambda: ["Fp1", "Fp2"],

@@ -60,6 +60,13 @@ class SemanticConfig(Section):
         1 / 0.07, gt=0, description="Initial inverse temperature (CLIP's 1/0.07)."
     )
     logit_scale_max: float = Field(100.0, gt=0, description="Clamp of the inverse temperature.")
+    center_targets: bool = Field(
+        True,
+        description="Contrast against clip − running mean (the image-specific part); see docs/model.md.",
+    )
+    center_momentum: float = Field(
+        0.01, gt=0, le=1, description="EMA rate of the running target mean, per training batch."
+    )
 
 
 class ConditioningConfig(Section):

@@ -74,9 +74,10 @@ def _remove_blinks(
     # ICA is fitted on a 1 Hz high-passed copy (slow drifts break its independence assumption).
     fit_raw = raw.copy().filter(1.0, None, picks="eeg", verbose="error")
     ica = mne.preprocessing.ICA(
-        n_components=cfg.ica_n_components, method="fastica", random_state=seed, max_iter="auto"
+        n_components=cfg.ica_n_components, method="fastica", random_state=seed, max_iter=200
     )
-    ica.fit(fit_raw, picks="eeg", verbose="error")
+    decim = max(1, int(raw.info["sfreq"] // cfg.ica_fit_hz))
+    ica.fit(fit_raw, picks="eeg", decim=decim, verbose="error")
     bad, _ = ica.find_bads_eog(raw, ch_name=eog, verbose="error")
     ica.exclude = bad
     log.info("%s: ICA removed %d blink component(s) %s", where, len(bad), bad)

@@ -12,11 +12,9 @@ import io
 import json
 import logging
 import multiprocessing as mp
-import shutil
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from tqdm import tqdm
@@ -454,18 +452,3 @@ def summary_rows(m: Manifest) -> list[tuple[str, str, int, int]]:
             n_shards = sum(1 for e in info.shards if e.subject == subject)
             rows.append((split, f"sub-{subject:02d}", n, n_shards))
     return rows
-
-
-def clean_units(out_dir: Path) -> None:
-    """Forget finished units (forces a full re-run)."""
-    shutil.rmtree(out_dir / ".units", ignore_errors=True)
-
-
-def describe(m: Manifest) -> dict[str, Any]:
-    return {
-        "channels": m.n_channels,
-        "times": m.n_times,
-        "sfreq": m.sfreq,
-        "clip_dim": m.clip_dim,
-        "latent_shape": list(m.latent_shape),
-    }

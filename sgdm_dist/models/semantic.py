@@ -12,7 +12,15 @@ from sgdm_dist.config.model import SemanticConfig
 
 
 class SemanticHead(nn.Module):
-    """z_eeg [B, D_eeg] → ẑ_sem [B, D_clip], L2-normalised; owns the learnable temperature."""
+    """z_eeg [B, D_eeg] → ẑ_sem [B, D_clip], a unit direction in (centred) CLIP space.
+
+    CLIP image embeddings share a large common component (mean pairwise cosine ~0.5 for real CLIP,
+    ~0.95 for the tiny random CLIP), so the image-specific part is a small fraction of each target and
+    a contrastive loss on raw embeddings easily collapses every prediction onto the common direction.
+    With ``center_targets`` the head predicts the direction of ``clip − mean`` (the mean is a running
+    buffer updated from training batches); :meth:`to_clip` maps a prediction back onto the raw CLIP
+    sphere for retrieval against raw image embeddings.
+    """
 
     def __init__(self, cfg: SemanticConfig, *, in_dim: int, clip_dim: int) -> None:
         super().__init__()
@@ -25,16 +33,45 @@ class SemanticHead(nn.Module):
         )
         self.skip = nn.Linear(in_dim, clip_dim, bias=False)
         # Stored as log so the optimiser works on an unconstrained value, as in CLIP.
-        # Shape [1], not a 0-d scalar: DeepSpeed's parameter broadcast cannot view 0-d tensors as bytes.
-        self.logit_scale = nn.Parameter(torch.full((1,), math.log(cfg.logit_scale_init)))
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(cfg.logit_scale_init)))
         self.logit_scale_max = cfg.logit_scale_max
+        self.center_targets = cfg.center_targets
+        self.momentum = cfg.center_momentum
+        self.register_buffer("target_mean", torch.zeros(clip_dim))
+        self.register_buffer("target_spread", torch.ones(()))
+        self.register_buffer("target_updates", torch.zeros((), dtype=torch.long))
 
     def forward(self, z_eeg: Tensor) -> Tensor:
         return F.normalize(self.net(z_eeg) + self.skip(z_eeg), dim=-1)
 
     def scale(self) -> Tensor:
         """The inverse temperature exp(logit_scale), clamped to logit_scale_max; scalar."""
-        return self.logit_scale.exp().clamp(max=self.logit_scale_max).squeeze(0)
+        return self.logit_scale.exp().clamp(max=self.logit_scale_max)
+
+    @torch.no_grad()
+    def observe(self, clip: Tensor) -> None:
+        """Update the running mean / spread of the targets from a training batch clip [B, D]."""
+        if not self.center_targets:
+            return
+        # Cumulative average for the first 1/momentum batches, then an exponential moving average.
+        rate = max(self.momentum, 1.0 / float(self.target_updates.item() + 1))
+        self.target_mean.lerp_(clip.float().mean(dim=0), rate)
+        spread = (clip.float() - self.target_mean).norm(dim=-1).mean()
+        self.target_spread.lerp_(spread, rate)
+        self.target_updates += 1
+
+    def center(self, clip: Tensor) -> Tensor:
+        """Raw L2-normalised CLIP embeddings [B, D] → the unit directions the head predicts."""
+        if not self.center_targets:
+            return clip
+        return F.normalize(clip - self.target_mean.to(clip.dtype), dim=-1)
+
+    def to_clip(self, z_sem: Tensor) -> Tensor:
+        """Predicted directions [B, D] → L2-normalised estimates on the raw CLIP sphere."""
+        if not self.center_targets:
+            return z_sem
+        mean = self.target_mean.to(z_sem.dtype)
+        return F.normalize(mean + self.target_spread.to(z_sem.dtype) * z_sem, dim=-1)
 
 
 def contrastive_loss(

@@ -106,7 +106,10 @@ class SGDM(nn.Module):
         return self.semantic.logit_scale.device
 
     def encode(self, eeg: Tensor, subject: Tensor) -> tuple[EncoderOutput, Tensor]:
-        """eeg [B, C, T], subject [B] (1-based, 0 = unknown) → (encoder output, ẑ_sem [B, D_clip])."""
+        """eeg [B, C, T], subject [B] (1-based, 0 = unknown) → (encoder output, ẑ_sem [B, D_clip]).
+
+        ẑ_sem is the head's unit direction in centred CLIP space (see SemanticHead); ``predict_clip``
+        maps it onto the raw CLIP sphere."""
         out = self.encoder(eeg, subject)
         return out, self.semantic(out.z)
 
@@ -148,10 +151,13 @@ class SGDM(nn.Module):
         out, z_sem = self.encode(batch["eeg"], batch["subject"])
         image_index = batch.get("image_index")
         clip = batch["clip"].to(z_sem.dtype)
+        if self.training:
+            self.semantic.observe(clip)
+        target = self.semantic.center(clip)
         scale = self.semantic.scale()
         terms: dict[str, Tensor] = {
-            "loss/align": contrastive_loss(z_sem, clip, scale, image_index),
-            "loss/mse": cosine_loss(z_sem, clip),
+            "loss/align": contrastive_loss(z_sem, target, scale, image_index),
+            "loss/mse": cosine_loss(z_sem, target),
         }
         align = cfg.lambda_align * terms["loss/align"] + cfg.lambda_mse * terms["loss/mse"]
         if self.classifier is not None:
@@ -159,7 +165,7 @@ class SGDM(nn.Module):
             align = align + cfg.lambda_cls * terms["loss/cls"]
         scalars = {
             "logit_scale": scale.detach(),
-            "acc/align_top1": in_batch_top1(z_sem.detach(), clip, image_index),
+            "acc/align_top1": in_batch_top1(z_sem.detach(), target, image_index),
         }
         if stage == "align":
             return {"loss": align, **terms, **scalars}
@@ -213,9 +219,11 @@ class SGDM(nn.Module):
     # ---------------------------------------------------------------- inference
     @torch.no_grad()
     def predict_clip(self, eeg: Tensor, subject: Tensor) -> Tensor:
-        """ẑ_sem [B, D_clip], L2-normalised, in eval mode (for retrieval)."""
+        """The EEG-predicted CLIP image embedding [B, D_clip], L2-normalised, in eval mode (for
+        retrieval against raw cached CLIP embeddings)."""
         with _eval_mode(self):
-            return self.encode(eeg.to(self.device), subject.to(self.device))[1]
+            z_sem = self.encode(eeg.to(self.device), subject.to(self.device))[1]
+            return self.semantic.to_clip(z_sem)
 
     @torch.no_grad()
     def sample_latents(

@@ -1,0 +1,96 @@
+"""The SGDM as an MLflow pyfunc, logged as a "model from code" (no pickled Python objects).
+
+MLflow stores this file with the model and runs it at load time; ``set_model`` at the bottom tells
+MLflow which object is the model. The weights, configs and VAE travel as one artifact folder
+(``context.artifacts["sgdm"]``, the layout of ``{output_dir}/model/`` plus ``vae/``), verified
+against its ``checksums.json`` before anything is loaded.
+
+``predict`` input: ``{"eeg": float32 [B, C, T], "subject": int64 [B]}`` (a dict of arrays, or a
+DataFrame with those columns); subject ids are 1-based and ids the model was not trained on fall
+back to 0, the subject-agnostic embedding. Output: float32 images [B, 3, H, W] in [0, 1].
+Params (all optional): steps, guidance_scale, scheduler ("ddim" | "dpm++"), seed, batch_size.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+from mlflow.pyfunc import PythonModel
+
+ARTIFACT_KEY = "sgdm"
+DEFAULT_PARAMS: dict[str, Any] = {
+    "steps": 25,
+    "guidance_scale": 3.0,
+    "scheduler": "ddim",
+    "seed": 0,
+    "batch_size": 16,
+}
+
+
+class SGDMPyfunc(PythonModel):
+    """EEG trials → reconstructed images, with the VAE the training shards were made with."""
+
+    def load_context(self, context: Any) -> None:
+        import torch
+
+        from sgdm_dist.models import SGDM
+        from sgdm_dist.registry import load_vae_for_model, verify_folder
+
+        root = Path(context.artifacts[ARTIFACT_KEY])
+        verify_folder(root)
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.model = SGDM.from_pretrained(root, device=self.device).eval()
+        self.vae = load_vae_for_model(root).to(self.device).eval()
+
+    def predict(self, context: Any, model_input, params: dict[str, Any] | None = None):  # noqa: ANN001
+        import torch
+
+        eeg, subject = _arrays(model_input, self.model.n_channels, self.model.n_times)
+        # Ids beyond the trained subjects mean "unknown person": the agnostic fallback, id 0.
+        subject = np.where((subject >= 1) & (subject <= self.model.n_subjects), subject, 0)
+        p = {**DEFAULT_PARAMS, **(params or {})}
+        images = self.model.reconstruct(
+            torch.from_numpy(eeg),
+            torch.from_numpy(subject),
+            vae=self.vae,
+            steps=int(p["steps"]),
+            guidance_scale=float(p["guidance_scale"]),
+            scheduler=str(p["scheduler"]),
+            seed=int(p["seed"]),
+            batch_size=int(p["batch_size"]),
+        )
+        return images.cpu().numpy().astype(np.float32)
+
+
+def _arrays(model_input: Any, n_channels: int, n_times: int) -> tuple[np.ndarray, np.ndarray]:
+    """``eeg`` float32 [B, C, T] and ``subject`` int64 [B] from a dict of arrays or a DataFrame."""
+    if hasattr(model_input, "columns"):  # pandas DataFrame: one row per trial, nested lists
+        model_input = {c: np.stack([np.asarray(v) for v in model_input[c]]) for c in model_input}
+    if not isinstance(model_input, dict) or "eeg" not in model_input:
+        raise ValueError(
+            "SGDM pyfunc input must be {'eeg': [B, C, T], 'subject': [B]} (subject optional); "
+            f"got {type(model_input).__name__}"
+        )
+    eeg = np.asarray(model_input["eeg"], dtype=np.float32)
+    if eeg.ndim == 2:
+        eeg = eeg[None]
+    if eeg.ndim != 3 or eeg.shape[1:] != (n_channels, n_times):
+        raise ValueError(
+            f"SGDM pyfunc input 'eeg' has shape {list(eeg.shape)}; the model takes "
+            f"[B, {n_channels}, {n_times}] (channels × time samples)"
+        )
+    if "subject" in model_input and model_input["subject"] is not None:
+        subject = np.asarray(model_input["subject"], dtype=np.int64).reshape(-1)
+    else:
+        subject = np.zeros(eeg.shape[0], dtype=np.int64)
+    if subject.shape[0] != eeg.shape[0]:
+        raise ValueError(
+            f"SGDM pyfunc input: {subject.shape[0]} subject ids for {eeg.shape[0]} EEG trials"
+        )
+    return eeg, subject
+
+
+mlflow.models.set_model(SGDMPyfunc())
