@@ -28,8 +28,12 @@ max_restarts="${MAX_RESTARTS:-0}"
 python="${PYTHON:-python}"
 
 if [[ "$nnodes" == *:* ]]; then
-  echo "launch/train.sh: elastic node range '$nnodes' is not supported by accelerate launch; give a fixed count" >&2
-  exit 2
+  # The operator writes MIN:MAX when an elasticPolicy is set; accelerate launch needs a fixed size.
+  if [[ "${nnodes%%:*}" != "${nnodes##*:}" ]]; then
+    echo "launch/train.sh: elastic node range '$nnodes' is not supported by accelerate launch; use minReplicas = maxReplicas" >&2
+    exit 2
+  fi
+  nnodes="${nnodes%%:*}"
 fi
 for name in nproc nnodes node_rank master_port max_restarts; do
   if ! [[ "${!name}" =~ ^[0-9]+$ ]]; then

@@ -45,7 +45,9 @@ class SGDMPyfunc(PythonModel):
         self.model = SGDM.from_pretrained(root, device=self.device).eval()
         self.vae = load_vae_for_model(root).to(self.device).eval()
 
-    def predict(self, context: Any, model_input, params: dict[str, Any] | None = None):  # noqa: ANN001
+    # model_input stays unannotated: MLflow 3 would derive a second, conflicting signature from
+    # a type hint; the explicit tensor signature logged with the model is the contract.
+    def predict(self, context: Any, model_input, params: dict[str, Any] | None = None):
         import torch
 
         eeg, subject = _arrays(model_input, self.model.n_channels, self.model.n_times)

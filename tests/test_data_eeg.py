@@ -193,9 +193,10 @@ def test_ica_removes_synthetic_blinks(tmp_path) -> None:
     )
     write_synthetic(syn, tmp_path / "raw", tmp_path / "img", seed=0)
     rec = read_recording(tmp_path / "raw" / "sub-01" / "ses-01" / "raw_eeg_training.npy")
-    fp1 = rec.raw.ch_names.index("Fp1")
-    before = np.ptp(rec.raw.get_data()[fp1])
-    cfg = PreprocessConfig(ica=True, ica_n_components=15)
-    after = np.ptp(clean_continuous(rec, cfg, seed=0).get_data()[fp1])
-    assert before > 80e-6  # blinks are there (~100 µV)
-    assert after < before / 2.5
+    fp1, oz = rec.raw.ch_names.index("Fp1"), rec.raw.ch_names.index("Oz")
+    before = np.ptp(rec.raw.get_data()[[fp1, oz]], axis=1)
+    cfg = PreprocessConfig(ica=True)
+    after = np.ptp(clean_continuous(rec, cfg, seed=0).get_data()[[fp1, oz]], axis=1)
+    assert before[0] > 80e-6  # blinks are there (~100 µV on frontal channels)
+    assert after[0] < 0.6 * before[0]  # ... and mostly gone
+    assert after[1] > 0.8 * before[1]  # posterior channels, where the signal is, keep their range

@@ -159,3 +159,15 @@ def test_launcher_rejects_bad_environment(tmp_path: Path) -> None:
     result = run_launcher([TINY], launch_env(ACCELERATE_CONFIG="configs/accelerate/nope.yaml"))
     assert result.returncode == 2
     assert "accelerate config not found" in result.stderr
+
+
+def test_launcher_reads_operator_node_range(tmp_path: Path) -> None:
+    """PET_NNODES=MIN:MAX (elastic policy): equal bounds are a size, a real range is refused."""
+    env = launch_env(PET_NNODES="2:2", PET_NODE_RANK="1", NPROC_PER_NODE="3", PYTHON="echo")
+    result = run_launcher([TINY], env)
+    assert result.returncode == 0, result.stderr
+    assert "--num_machines 2 --machine_rank 1" in result.stdout
+    assert "--num_processes 6" in result.stdout
+    result = run_launcher([TINY], launch_env(PET_NNODES="1:4"))
+    assert result.returncode == 2
+    assert "elastic node range '1:4' is not supported" in result.stderr
