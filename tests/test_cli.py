@@ -76,12 +76,6 @@ def test_version() -> None:
     assert result.stdout.startswith("sgdm-dist ")
 
 
-def test_unimplemented_command_says_so_and_fails(tiny_config_path: Path) -> None:
-    result = sgdm("tune", str(tiny_config_path))
-    assert result.returncode == 3
-    assert "not implemented yet" in result.stderr
-
-
 def test_whole_stack_imports() -> None:
     code = "import sgdm_dist, deepspeed, accelerate, diffusers, open_clip, webdataset, mne, ray, mlflow"
     result = subprocess.run(

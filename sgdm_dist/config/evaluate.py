@@ -9,6 +9,7 @@ from pydantic import Field, field_validator
 from sgdm_dist.config.base import Section
 
 BackboneName = Literal["alexnet", "inception", "clip", "effnet", "swav"]
+SamplerName = Literal["ddim", "dpm++"]
 
 
 class EvaluateConfig(Section):
@@ -19,13 +20,45 @@ class EvaluateConfig(Section):
     )
     top_k: list[int] = Field(default_factory=lambda: [1, 5])
     average_reps: bool = Field(
-        True, description="Average test repetitions per image before retrieval."
+        True,
+        description="Headline retrieval from test repetitions averaged per image (the published "
+        "protocol); False → single trials. Both are always computed and written.",
+    )
+    average_space: Literal["eeg", "prediction"] = Field(
+        "eeg",
+        description="Where repetitions are averaged: 'eeg' averages the trials' EEG and encodes the "
+        "mean (NICE/ATM protocol); 'prediction' averages the single-trial CLIP predictions.",
+    )
+    subjects: list[int] | None = Field(
+        None,
+        description="Test subjects to evaluate (1-based ids); None → every subject in the shards.",
+    )
+    subject_agnostic: bool = Field(
+        False,
+        description="Encode every trial as subject 0 (the subject-agnostic fallback): the "
+        "inter-subject / leave-one-subject-out protocol. Subjects the model never saw are mapped "
+        "to 0 either way.",
     )
     retrieval_trials: int = Field(
         20, gt=0, description="Random candidate subsets drawn per prediction for k-way retrieval."
     )
+    reconstruct: bool = Field(
+        True, description="Reconstruct the test images and score them; False → retrieval only."
+    )
     steps: int = Field(25, gt=0, description="Sampler steps for reconstruction.")
     guidance_scale: float = Field(3.0, ge=0)
+    scheduler: SamplerName = Field("ddim", description="Sampler for reconstruction.")
+    recon_batch_size: int = Field(16, gt=0, description="EEG rows per sampling batch.")
+    recon_max_images: int | None = Field(
+        None,
+        gt=1,
+        description="Reconstruct only the first N test images (by image index) per subject; None → "
+        "all. Metrics on a subset are not comparable with papers (flagged in metrics.json).",
+    )
+    save_images: bool = Field(
+        True, description="Write every reconstruction as a PNG under <out>/reconstructions/."
+    )
+    device: str | None = Field(None, description="torch device; None → cuda when available.")
     weights_dir: str | None = Field(
         None,
         description="Local folder (or torch hub cache, e.g. ~/.cache/torch/hub/checkpoints) with "
@@ -56,6 +89,13 @@ class EvaluateConfig(Section):
     def _candidate_sets(cls, values: list[int]) -> list[int]:
         if not values or any(v < 2 for v in values):
             raise ValueError("must list candidate-set sizes >= 2")
+        return values
+
+    @field_validator("subjects")
+    @classmethod
+    def _subject_ids(cls, values: list[int] | None) -> list[int] | None:
+        if values is not None and (not values or any(v < 1 for v in values)):
+            raise ValueError("must list 1-based subject ids (or be null for every subject)")
         return values
 
     @field_validator("top_k")

@@ -58,7 +58,7 @@ class TuneConfig(Section):
     name: str | None = Field(
         None,
         pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
-        description="Sweep folder name under storage_path; None → '<experiment.name>-tune'.",
+        description="Sweep folder name under storage_path; None → experiment.name.",
     )
     storage_path: Path | None = Field(
         None,
@@ -112,7 +112,9 @@ class TuneConfig(Section):
     def _consistent(self) -> TuneConfig:
         for key, dim in self.space.items():
             if any(key == r.rstrip(".") or key.startswith(r) for r in RESERVED_KEYS):
-                raise ValueError(f"space key '{key}' is set by the sweep itself and cannot be tuned")
+                raise ValueError(
+                    f"space key '{key}' is set by the sweep itself and cannot be tuned"
+                )
             if dim.type == "grid" and self.search == "optuna":
                 raise ValueError(
                     f"space key '{key}': grid dimensions need search: random (Optuna samples)"
@@ -127,4 +129,4 @@ class TuneConfig(Section):
         return (self.storage_path or output_dir / "tune").expanduser().resolve()
 
     def resolved_name(self, experiment_name: str) -> str:
-        return self.name or f"{experiment_name}-tune"
+        return self.name or experiment_name

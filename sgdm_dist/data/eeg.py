@@ -16,6 +16,7 @@ import mne
 import numpy as np
 import scipy.linalg
 from sklearn.utils import shuffle as sk_shuffle
+from threadpoolctl import threadpool_limits
 
 from sgdm_dist.config.data import PreprocessConfig
 from sgdm_dist.data import DataError
@@ -61,7 +62,10 @@ def clean_continuous(rec: Recording, cfg: PreprocessConfig, seed: int) -> mne.io
     if cfg.l_freq is not None or cfg.h_freq is not None:
         raw.filter(cfg.l_freq, cfg.h_freq, picks="eeg", verbose="error")
     if cfg.ica:
-        raw = _remove_blinks(raw, cfg, seed, rec.source)
+        # One BLAS thread: ICA's matrices are small, and threaded BLAS on a busy machine (or beside
+        # other session processes, data.workers) oversubscribes the cores: 10× slower measured.
+        with threadpool_limits(1):
+            raw = _remove_blinks(raw, cfg, seed, rec.source)
     return raw
 
 

@@ -48,9 +48,7 @@ def make_folds(cfg: Config, available: list[int]) -> list[Fold]:
     if n_folds > len(subjects):
         raise ConfigError(f"tune.n_folds={n_folds} exceeds the {len(subjects)} subjects {subjects}")
     groups = [sorted(int(s) for s in g) for g in np.array_split(np.array(subjects), n_folds)]
-    folds = [
-        Fold(i, held, [s for s in subjects if s not in held]) for i, held in enumerate(groups)
-    ]
+    folds = [Fold(i, held, [s for s in subjects if s not in held]) for i, held in enumerate(groups)]
     return folds[: tc.max_folds] if tc.max_folds else folds
 
 

@@ -67,7 +67,10 @@ def table(rows: list[TrialRow], metric: str, top_k: int) -> str:
         for i, r in enumerate(rows[:top_k])
     ]
     widths = [max(len(line[c]) for line in [header, *body]) for c in range(len(header))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)) for line in [header, *body]]
+    lines = [
+        "  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True))
+        for line in [header, *body]
+    ]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 
@@ -82,7 +85,14 @@ def write_csv(rows: list[TrialRow], metric: str, path: Path) -> Path:
     writer.writerow(["trial", "status", "folds_done", "iterations", metric, *keys])
     for r in rows:
         writer.writerow(
-            [r.trial_id, r.status, r.folds_done, r.iterations, r.score, *[r.params.get(k) for k in keys]]
+            [
+                r.trial_id,
+                r.status,
+                r.folds_done,
+                r.iterations,
+                r.score,
+                *[r.params.get(k) for k in keys],
+            ]
         )
     return atomic_write_text(path, buffer.getvalue())
 

@@ -57,7 +57,9 @@ class SweepRun:
             tags={SWEEP_TAG: name, "sgdm_dist.version": __version__, **tags},
         )
         atomic_write_text(record, json.dumps({"run_id": created.info.run_id, "uri": uri}))
-        log.info("MLflow: sweep run %s in experiment '%s' at %s", created.info.run_id, experiment, uri)
+        log.info(
+            "MLflow: sweep run %s in experiment '%s' at %s", created.info.run_id, experiment, uri
+        )
         return cls(uri, experiment, created.info.run_id)
 
     def child_callback(self) -> Any:
