@@ -13,9 +13,11 @@ import logging
 import os
 import re
 import shutil
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import torch
 from accelerate import Accelerator
 from safetensors.torch import load_file, save_file
 
@@ -92,17 +94,49 @@ def save_checkpoint(
         for stale in root.glob(f"{TMP_PREFIX}*"):
             shutil.rmtree(stale, ignore_errors=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
-    accelerator.wait_for_everyone()
+    error: Exception | None = _attempt(lambda: accelerator.save_state(str(tmp)))
+    if accelerator.is_main_process and error is None:
+        error = _attempt(lambda: _finish(tmp, state, ema))
+    _raise_if_any_failed(accelerator, error, tmp, root)
     if accelerator.is_main_process:
-        if ema is not None:
-            save_file(ema.state_dict(), str(tmp / EMA_FILE))
-        _write_synced(tmp / STATE_FILE, state.to_json())  # last file in: marks the folder complete
         os.replace(tmp, final)
         _prune(root, keep_last)
         log.info("checkpoint saved: %s", final)
     accelerator.wait_for_everyone()
     return final
+
+
+def _attempt(write: Callable[[], None]) -> Exception | None:
+    try:
+        write()
+    except Exception as exc:  # disk full, quota, permissions (torch/safetensors wrap OSError): reported collectively below
+        return exc
+    return None
+
+
+def _finish(tmp: Path, state: TrainerState, ema: EMA | None) -> None:
+    if ema is not None:
+        save_file(ema.state_dict(), str(tmp / EMA_FILE))
+    _write_synced(tmp / STATE_FILE, state.to_json())  # last file in: marks the folder complete
+
+
+def _raise_if_any_failed(
+    accelerator: Accelerator, error: OSError | None, tmp: Path, root: Path
+) -> None:
+    """All ranks learn whether any rank failed to write, so none waits at a barrier forever."""
+    failed = torch.tensor([float(error is not None)], device=accelerator.device)
+    if accelerator.reduce(failed, reduction="sum").item() == 0:
+        return
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)  # give the space back; never leave a partial folder
+    previous = complete_checkpoints(root)
+    kept = (
+        f"the previous checkpoint {previous[-1]} is intact"
+        if previous
+        else "no earlier checkpoint exists"
+    )
+    reason = error if error is not None else "another rank failed to write its part"
+    raise CheckpointError(f"could not write checkpoint {tmp.name} in {root}: {reason}; {kept}")
 
 
 def load_checkpoint(accelerator: Accelerator, folder: Path, ema: EMA | None) -> TrainerState:

@@ -28,10 +28,12 @@ from torch import Tensor
 
 import sgdm_dist
 from sgdm_dist.config import Config
+from sgdm_dist.config.evaluate import EvaluateConfig
 from sgdm_dist.data.io import atomic_write_text
 from sgdm_dist.data.loader import split_image_embeddings
 from sgdm_dist.data.manifest import manifest_hash
 from sgdm_dist.metrics import (
+    HIGHER_IS_BETTER,
     METRIC_ORDER,
     average_by_index,
     mean_over_groups,
@@ -164,7 +166,7 @@ def evaluate(
             out_dir / "reconstructions.png",
             [("stimulus", grid_images)]
             + [(f"sub-{s:02d}", grid_recons[:, n]) for n, s in enumerate(test.subjects)],
-            [f"{i:05d}" for i in _grid_index(test, ecfg.recon_max_images).tolist()],
+            [f"{i:05d}" for i in _grid_index(test, ecfg).tolist()],
             max_rows=ecfg.report_max_images,
         )
 
@@ -304,7 +306,7 @@ def score_reconstruction(
         raise EvaluationError(str(exc)) from None
     vae = vae.to(device)
     backbones = _load_backbones(cfg, device)
-    shown = _grid_index(test, ecfg.recon_max_images)[: ecfg.report_max_images].tolist()
+    shown = _grid_index(test, ecfg).tolist()
     per_subject: dict[str, dict[str, float]] = {}
     grid_recons = []
     for s in test.subjects:
@@ -341,10 +343,12 @@ def score_reconstruction(
     return table, grid_images, torch.stack(grid_recons, dim=1), vae_source
 
 
-def _grid_index(test: SplitEEG, limit: int | None) -> Tensor:
-    """Image indices every subject reconstructs (all test images in THINGS-EEG2), sorted."""
+def _grid_index(test: SplitEEG, ecfg: EvaluateConfig) -> Tensor:
+    """The images shown in the grids: the first ``report_max_images`` that every subject
+    reconstructs (all test images in THINGS-EEG2), sorted."""
+    limit = ecfg.recon_max_images
     common = set.intersection(*(set(test.image_index[s][:limit].tolist()) for s in test.subjects))
-    return torch.tensor(sorted(common), dtype=torch.long)
+    return torch.tensor(sorted(common)[: ecfg.report_max_images], dtype=torch.long)
 
 
 def _load_backbones(cfg: Config, device: torch.device) -> dict[str, Any]:
@@ -485,11 +489,15 @@ def comparison_tables(metrics: Mapping[str, Any]) -> list[Any]:
         }
         columns = [m for m in METRIC_ORDER if m in recon[MEAN_ROW]]
         rtable = Table(
-            title="Reconstruction (two-way identification and PixCorr/SSIM: higher is better; EffNet-B, SwAV: lower)"
+            title="Reconstruction per subject (↑ higher is better, ↓ lower)",
+            caption="* random-init backbone: tests the pipeline, NOT comparable with papers"
+            if random_init
+            else None,
         )
         rtable.add_column("subject")
         for m in columns:
-            rtable.add_column(m + (" (random init)" if m in random_init else ""), justify="right")
+            arrow = "↑" if HIGHER_IS_BETTER[m] else "↓"
+            rtable.add_column(f"{m} {arrow}" + ("*" if m in random_init else ""), justify="right")
         for row, scores in recon.items():
             style = "bold" if row == MEAN_ROW else None
             rtable.add_row(row, *(f"{scores[m]:.3f}" for m in columns), style=style)

@@ -50,8 +50,8 @@ class ReconstructError(ValueError):
 
 @dataclass(frozen=True)
 class SamplingOptions:
-    """How images are sampled: steps, CFG scale, sampler, seed (same seed → same images for any
-    batch size) and EEG rows per batch."""
+    """How images are sampled: steps, CFG scale, sampler, seed and EEG rows per batch (same seed
+    and batch size → identical images; see :func:`sample_images`)."""
 
     steps: int = 25
     guidance_scale: float = 3.0
@@ -374,7 +374,9 @@ def sample_images(
 ) -> Tensor:
     """EEG [N, C, T] + model subject ids [N] → images [N, 3, H, W] float in [0, 1] on the CPU.
 
-    The same seed gives the same images whatever the batch size (the model draws all noise up front).
+    The same seed and batch size give identical images. The model draws all noise up front, so
+    another batch size starts from the same noise; batched float maths may then differ in the last
+    bits (at most about one 8-bit level per pixel).
     """
     total = math.ceil(eeg.shape[0] / options.batch_size) * options.steps
     with _denoising_progress(model, total, desc, progress):
@@ -610,6 +612,8 @@ def _write_grid(
         return save_image_grid(cells, path, nrow=GRID_COLUMNS, labels=labels)
     # Rows = images every subject has (all of them in THINGS-EEG2), stimulus first when stored.
     common = sorted(set.intersection(*(set(g.image_index.tolist()) for g in plan)))
+    if not common:  # subjects saw disjoint images: show the first subject's alone
+        common, plan, columns = plan[0].image_index.tolist(), plan[:1], columns[:1]
     picked: list[tuple[str, Tensor]] = []
     if all(i in data.images for i in common):
         picked.append(("stimulus", data.stimuli(torch.tensor(common))))

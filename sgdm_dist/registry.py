@@ -23,6 +23,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import os
 import re
 import shutil
 import subprocess
@@ -306,22 +307,28 @@ def _client(tracking_uri: str) -> MlflowClient:
     from mlflow.tracking import MlflowClient
 
     check_reachable(tracking_uri)
-    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    return MlflowClient(tracking_uri=tracking_uri)
 
 
 @contextlib.contextmanager
 def _fluent_uri(tracking_uri: str) -> Iterator[None]:
-    """Point MLflow's fluent API (log_model, register_model) at ``tracking_uri`` for a block."""
-    import mlflow
+    """Point MLflow's fluent API (start_run, log_model, register_model) at ``tracking_uri``.
 
-    before = (mlflow.get_tracking_uri(), mlflow.get_registry_uri())
+    ``mlflow.set_tracking_uri`` also exports MLFLOW_TRACKING_URI; the previous URI and variable
+    are put back afterwards so registering leaves the caller's MLflow setup as it was. The
+    registry URI follows the tracking URI unless MLflow's own MLFLOW_REGISTRY_URI says otherwise.
+    """
+    import mlflow
+    from mlflow.tracking._tracking_service import utils
+
+    before, exported = utils._tracking_uri, os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_registry_uri(tracking_uri)
     try:
         yield
     finally:
-        mlflow.set_tracking_uri(before[0])
-        mlflow.set_registry_uri(before[1])
+        mlflow.set_tracking_uri(before)
+        if exported is not None:
+            os.environ["MLFLOW_TRACKING_URI"] = exported
 
 
 def _not_found(exc: Exception) -> bool:
@@ -434,6 +441,10 @@ def register_model(
     data-manifest hash, the code version and the sha256 of the artifact's checksums.json.
     """
     model_dir = check_model_folder(model_dir).resolve()
+    if not name or any(c in name for c in "/@:"):
+        raise RegistryError(
+            f"model name {name!r} is not valid: it must be non-empty, no '/', '@', ':'"
+        )
     aliases = [check_alias_or_fail(a) for a in aliases]
     trained = _trained_config(model_dir)
     experiment = experiment or trained.get("experiment", {}).get("name") or "sgdm"
@@ -577,9 +588,7 @@ def _local_artifact_root(tracking_uri: str) -> str | None:
     """For a SQLite store: artifacts beside the database file, not in the current directory."""
     if not tracking_uri.startswith("sqlite:///"):
         return None
-    db = Path(tracking_uri.removeprefix("sqlite:///"))
-    if not db.is_absolute():
-        db = Path("/" + str(db)) if tracking_uri.startswith("sqlite:////") else db.resolve()
+    db = Path(tracking_uri.removeprefix("sqlite:///")).resolve()  # 4 slashes: absolute path
     return (db.parent / "mlartifacts").as_uri()
 
 
@@ -601,6 +610,8 @@ def _log_pyfunc(client: MlflowClient, run: Any, stage: Path) -> str:
     """Log the staged folder as a pyfunc into ``run`` (status and end time left as they were)."""
     import mlflow
 
+    from sgdm_dist.registry_pyfunc import MODEL_CONFIG
+
     signature, example = _signature(stage)
     status, end_time = run.info.status, run.info.end_time
     with mlflow.start_run(run_id=run.info.run_id):
@@ -611,6 +622,7 @@ def _log_pyfunc(client: MlflowClient, run: Any, stage: Path) -> str:
             signature=signature,
             input_example=example,
             pip_requirements=_requirements(),
+            model_config=MODEL_CONFIG,
         )
     if status != "RUNNING":
         client.set_terminated(run.info.run_id, status, end_time)
@@ -665,8 +677,6 @@ def pull_model(ref: str, dst: Path, *, tracking_uri: str) -> RegisteredVersion:
     data_manifest.json, vae/, checksums.json, pulled.json). It must be absent, empty or an earlier
     pull; it is replaced only after every file matched the sha256 recorded at registration.
     """
-    from sgdm_dist.models.io import write_dir_atomically
-
     model_ref = parse_model_uri(ref)
     client = _client(tracking_uri)
     mv = find_version(client, model_ref)
@@ -682,7 +692,7 @@ def pull_model(ref: str, dst: Path, *, tracking_uri: str) -> RegisteredVersion:
     dst.parent.mkdir(parents=True, exist_ok=True)
     download = dst.parent / f".{dst.name}.download-{uuid.uuid4().hex[:8]}"
     try:
-        folder = _download(mv, download, tracking_uri)
+        folder = _download(client, mv, download, tracking_uri)
         result.files = verify_folder(folder, expected_digest=digest)
         info = {
             "uri": model_ref.uri,
@@ -696,16 +706,25 @@ def pull_model(ref: str, dst: Path, *, tracking_uri: str) -> RegisteredVersion:
             "pulled_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         (folder / PULLED).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
-
-        def fill(tmp: Path) -> None:
-            for item in folder.iterdir():
-                shutil.move(str(item), tmp / item.name)
-
-        write_dir_atomically(dst, fill)
+        _replace_dir(folder, dst)
     finally:
         shutil.rmtree(download, ignore_errors=True)
     result.path = dst
     return result
+
+
+def _replace_dir(folder: Path, dst: Path) -> None:
+    """Move ``folder`` to ``dst`` (same filesystem), replacing an earlier pull only on success."""
+    old = dst.parent / f".{dst.name}.old-{uuid.uuid4().hex[:8]}"
+    if dst.exists():
+        dst.rename(old)
+    try:
+        folder.rename(dst)
+    except BaseException:
+        if old.exists():
+            old.rename(dst)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _check_destination(dst: Path) -> None:
@@ -720,21 +739,19 @@ def _check_destination(dst: Path) -> None:
         )
 
 
-def _download(mv: ModelVersion, into: Path, tracking_uri: str) -> Path:
+def _download(client: MlflowClient, mv: ModelVersion, into: Path, tracking_uri: str) -> Path:
     """Download the MLflow model of ``mv`` into ``into``; returns its sgdm artifact folder."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
     into.mkdir(parents=True)
     try:
-        # models:/ URIs are resolved through the global registry URI, whatever is passed here.
-        with _fluent_uri(tracking_uri):
-            local = mlflow.artifacts.download_artifacts(
-                artifact_uri=f"models:/{mv.name}/{mv.version}",
-                dst_path=str(into),
-                tracking_uri=tracking_uri,
-                registry_uri=tracking_uri,
-            )
+        # The version's own artifact location (mlflow-artifacts:/…, s3://…, a local path): a
+        # models:/ URI would be resolved again through MLflow's global registry URI.
+        location = client.get_model_version_download_uri(mv.name, str(mv.version))
+        local = mlflow.artifacts.download_artifacts(
+            artifact_uri=location, dst_path=str(into), tracking_uri=tracking_uri
+        )
     except (MlflowException, OSError) as exc:
         raise RegistryError(
             f"models:/{mv.name}/{mv.version}: download failed from {redact(tracking_uri)}: {exc}"
@@ -760,11 +777,18 @@ def default_cache_dir() -> Path:
     return Path.home() / ".cache" / "sgdm-dist" / "models"
 
 
-def resolve_model(ref: str, *, tracking_uri: str | None = None, dst: Path | None = None) -> Path:
+def resolve_model(
+    ref: str,
+    *,
+    tracking_uri: str | None = None,
+    dst: Path | None = None,
+    cache_dir: Path | None = None,
+) -> Path:
     """A local model folder for ``ref``: a folder path (checked) or a verified pull of a models:/ URI.
 
-    ``models:/…`` goes to ``dst``, else to ``{cache}/{server}/{name}/{version}``, where a
-    complete earlier pull of the same version is reused once it verifies again. ``tracking_uri``
+    ``models:/…`` goes to ``dst``, else to ``{cache_dir}/{server}/{name}/{version}`` (cache_dir:
+    registry.cache_dir, default ~/.cache/sgdm-dist/models), where a complete earlier pull of the
+    same version is reused once it verifies again against the registry's checksum. ``tracking_uri``
     None leaves the choice to MLflow (its MLFLOW_TRACKING_URI).
     """
     if not is_model_uri(ref):
@@ -781,7 +805,7 @@ def resolve_model(ref: str, *, tracking_uri: str | None = None, dst: Path | None
         client = _client(tracking_uri)
         mv = find_version(client, model_ref)
         server = hashlib.sha256(redact(tracking_uri).encode()).hexdigest()[:12]
-        dst = default_cache_dir() / server / mv.name / str(mv.version)
+        dst = (cache_dir or default_cache_dir()) / server / mv.name / str(mv.version)
         digest = (mv.tags or {}).get(TAG_FILES)
         if digest and (dst / PULLED).is_file():
             try:

@@ -9,6 +9,7 @@ against its ``checksums.json`` before anything is loaded.
 DataFrame with those columns); subject ids are 1-based and ids the model was not trained on fall
 back to 0, the subject-agnostic embedding. Output: float32 images [B, 3, H, W] in [0, 1].
 Params (all optional): steps, guidance_scale, scheduler ("ddim" | "dpm++"), seed, batch_size.
+Device: ``mlflow.pyfunc.load_model(uri, model_config={"device": "cpu"})``; default a GPU if any.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import numpy as np
 from mlflow.pyfunc import PythonModel
 
 ARTIFACT_KEY = "sgdm"
+MODEL_CONFIG = {"device": "auto"}  # logged with the model, so load_model may override it
 DEFAULT_PARAMS: dict[str, Any] = {
     "steps": 25,
     "guidance_scale": 3.0,
@@ -41,7 +43,11 @@ class SGDMPyfunc(PythonModel):
 
         root = Path(context.artifacts[ARTIFACT_KEY])
         verify_folder(root)
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        # load_model(..., model_config={"device": "cpu"}) pins the device; default: a GPU if any.
+        wanted = (getattr(context, "model_config", None) or {}).get("device", "auto")
+        if wanted == "auto":
+            wanted = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(wanted)
         self.model = SGDM.from_pretrained(root, device=self.device).eval()
         self.vae = load_vae_for_model(root).to(self.device).eval()
 

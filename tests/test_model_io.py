@@ -131,3 +131,16 @@ def test_pretrained_unet_with_wrong_latent_channels_is_refused(tmp_path: Path) -
     UNet2DConditionModel(**unet_kwargs(src, None)).save_pretrained(tmp_path / "sd")
     with pytest.raises(ValueError, match="latent channels"):
         build(tiny(f"model.unet.pretrained={tmp_path / 'sd'}"))
+
+
+def test_profile_counts_match_a_real_model_and_backward_costs_more() -> None:
+    from sgdm_dist.models.profile import count_parameters, profile_model
+
+    cfg = tiny()
+    prof = profile_model(cfg, n_channels=7, n_times=40, n_subjects=3, batch=2)
+    real = count_parameters(build(cfg))
+    assert prof.params == real
+    assert real["total"] == sum(p.numel() for p in build(cfg).parameters())
+    assert 0 < prof.forward_flops < prof.backward_flops
+    bigger = profile_model(cfg, n_channels=7, n_times=40, n_subjects=3, batch=4)
+    assert bigger.forward_flops == 2 * prof.forward_flops

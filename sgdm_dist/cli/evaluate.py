@@ -72,7 +72,7 @@ def reconstruct(
     steps: Annotated[int, typer.Option(min=1, help="Sampler steps.")] = 25,
     guidance_scale: Annotated[float, typer.Option(min=0.0, help="Classifier-free guidance.")] = 3.0,
     scheduler: Annotated[SamplerChoice, typer.Option(help="Sampler.")] = SamplerChoice.ddim,
-    seed: Annotated[int, typer.Option(help="Same seed → same images (any batch size).")] = 0,
+    seed: Annotated[int, typer.Option(help="Same seed and batch size → identical images.")] = 0,
     batch_size: Annotated[int, typer.Option(min=1, help="EEG rows per sampling batch.")] = 16,
     subject: Annotated[
         int | None,

@@ -65,8 +65,11 @@ def register(
     aliases = list(alias) if alias else list(cfg.registry.aliases)
     try:
         if version is not None:
-            if not aliases:
-                raise RegistryError("--version moves aliases: give at least one --alias")
+            if not aliases or model_dir is not None or run_id is not None:
+                raise RegistryError(
+                    "--version moves aliases onto an existing version: give --alias, "
+                    "and no --model-dir or --run-id"
+                )
             result = set_aliases(model_name, version, aliases, tracking_uri=uri)
         else:
             result = register_model(

@@ -45,9 +45,12 @@ def train(
     except Preempted as stopped:
         log.warning("%s; resume with --resume auto", stopped)
         sys.exit(PREEMPTED_EXIT_CODE)
-    except (DataError, DistributedSetupError, CheckpointError) as exc:
+    except (DataError, DistributedSetupError) as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         sys.exit(EXIT_BAD_INPUT)
+    except CheckpointError as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        sys.exit(1)
     if result.model_dir is not None:
         log.info(
             "done: %d steps; model in %s; MLflow run %s",

@@ -26,9 +26,10 @@ def tune(
 ) -> None:
     """Cross-subject hyper-parameter sweep with Ray Tune (leave-subject-out folds), tracked in MLflow.
 
-    `sgdm tune configs/tune/tiny.yaml` runs a local Ray; with RAY_ADDRESS set it joins that
-    cluster. Finished: the top configurations are printed and the best one written to
-    <tune.storage_path>/<tune.name>/best.yaml (load it with `sgdm train`).
+    A local Ray runs the trials; with RAY_ADDRESS set, that cluster does.
+
+    At the end the top configurations are printed and the best is written to
+    <tune.storage_path>/<tune.name>/best.yaml, ready for `sgdm train`. See docs/tune.md.
     """
     cfg = resolve(config, overrides)
     # Heavy imports after the config is known to be valid, so config errors stay instant.

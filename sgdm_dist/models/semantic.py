@@ -54,7 +54,8 @@ class SemanticHead(nn.Module):
         if not self.center_targets:
             return
         # Cumulative average for the first 1/momentum batches, then an exponential moving average.
-        rate = max(self.momentum, 1.0 / float(self.target_updates.item() + 1))
+        # Tensor arithmetic, not .item(): no device sync per step, and traceable on the meta device.
+        rate = (1.0 / (self.target_updates + 1).float()).clamp(min=self.momentum)
         self.target_mean.lerp_(clip.float().mean(dim=0), rate)
         spread = (clip.float() - self.target_mean).norm(dim=-1).mean()
         self.target_spread.lerp_(spread, rate)

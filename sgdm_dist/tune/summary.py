@@ -45,10 +45,16 @@ def trial_rows(results: Any, metric: str, n_folds: int) -> list[TrialRow]:
 
 
 def rank(rows: list[TrialRow], mode: str) -> list[TrialRow]:
-    """Complete trials first (their score is the full mean over folds), best score first."""
+    """Complete trials first (their score is the full mean over folds), then those stopped early,
+    then failed ones; best score first within each."""
+    order = {"complete": 0, "stopped early": 1, "error": 2}
     sign = -1.0 if mode == "max" else 1.0
-    scored = [r for r in rows if r.score is not None]
-    return sorted(scored, key=lambda r: (r.status != "complete", sign * float(r.score)))
+
+    def key(r: TrialRow) -> tuple[int, int, float]:
+        missing = r.score is None
+        return order[r.status], int(missing), 0.0 if missing else sign * float(r.score)
+
+    return sorted(rows, key=key)
 
 
 def table(rows: list[TrialRow], metric: str, top_k: int) -> str:

@@ -21,15 +21,17 @@ from sgdm_dist.data.manifest import manifest_hash, read_manifest
 from sgdm_dist.tracking import default_tracking_uri
 from sgdm_dist.tune import summary
 from sgdm_dist.tune.folds import Fold, make_folds
-from sgdm_dist.tune.space import search_space
+from sgdm_dist.tune.space import check_space, search_space
 from sgdm_dist.tune.tracking import SweepRun
-from sgdm_dist.tune.trial import TrialSpec, run_trial
 
 log = logging.getLogger(__name__)
 
 SWEEP_CONFIG = "sweep.yaml"
 BEST_CONFIG = "best.yaml"
 SUMMARY = "summary.csv"
+# What a trial's result depends on; a resume must not change them (registry, launch, evaluate
+# settings may differ).
+SWEEP_SECTIONS = ("experiment", "data", "model", "train", "tune")
 # A multi-worker trial's own process only waits on its TorchTrainer; its workers hold the CPUs.
 DRIVER_CPUS = 0.1
 
@@ -63,14 +65,17 @@ def run_sweep(
     cluster, e.g. $RAY_ADDRESS read by the CLI), else a local instance sized by
     ``tune.ray_num_cpus``; a Ray this function started is shut down before it returns.
     """
-    from ray import tune
-
-    space = search_space(cfg)
+    # Everything that can be refused is checked before Ray (and torch) are imported.
+    check_space(cfg)
     manifest = read_manifest(cfg.data.shard_dir)
     manifest.check_compatible(cfg)
     folds = make_folds(cfg, list(manifest.subjects))
     path = sweep_dir(cfg)
     restoring = _check_resume(cfg, path, resume)
+
+    from ray import tune
+
+    space = search_space(cfg)
     started_ray = _init_ray(cfg, address)
     parent: SweepRun | None = None
     status = "FAILED"
@@ -104,6 +109,9 @@ def run_sweep(
         result = _summarise(cfg, results, folds, path, parent)
         status = "FINISHED"
         return result
+    except KeyboardInterrupt:
+        status = "KILLED"  # Ctrl-C: Ray saved its state; `--resume` continues
+        raise
     finally:
         if parent is not None:
             parent.finish(status)
@@ -126,12 +134,10 @@ def reports_per_fold(cfg: Config) -> int:
 
 
 def _check_resume(cfg: Config, path: Path, resume: bool) -> bool:
-    from ray import tune
-
+    """True when Ray Tune state in ``path`` is to be restored; refuses what would mix two sweeps."""
     saved = path / SWEEP_CONFIG
-    exists = tune.Tuner.can_restore(str(path))
     if not resume:
-        if exists or saved.is_file():
+        if saved.is_file():
             raise ConfigError(
                 f"a sweep already exists in {path}: pass --resume to continue it, or set "
                 "tune.name (or tune.storage_path) for a new one"
@@ -144,15 +150,23 @@ def _check_resume(cfg: Config, path: Path, resume: bool) -> bool:
         return False
     before = flatten(yaml_load(saved.read_text()))
     now = cfg.flat()
-    changed = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
+    changed = sorted(
+        k
+        for k in before.keys() | now.keys()
+        if k.split(".", 1)[0] in SWEEP_SECTIONS and before.get(k) != now.get(k)
+    )
     if changed:
         raise ConfigError(
             f"--resume: the config differs from the one {path} was started with "
             f"({saved}) at: {', '.join(changed)}"
         )
-    if not exists:  # the driver died before Ray saved any state: start over in the same folder
+    from ray import tune
+
+    if not tune.Tuner.can_restore(str(path)):
+        # The driver died before Ray saved any state: start over in the same folder.
         log.info("--resume: %s has no Ray Tune state yet, starting the sweep", path)
-    return exists
+        return False
+    return True
 
 
 def _init_ray(cfg: Config, address: str | None) -> bool:
@@ -171,6 +185,8 @@ def _init_ray(cfg: Config, address: str | None) -> bool:
 
 def _trainable(cfg: Config, folds: list[Fold], path: Path) -> Any:
     from ray import tune
+
+    from sgdm_dist.tune.trial import TrialSpec, run_trial  # torch, diffusers: only when running
 
     spec = TrialSpec(base=cfg.to_dict(), folds=[f.to_dict() for f in folds], sweep_dir=str(path))
     tc = cfg.tune
@@ -238,10 +254,13 @@ def _summarise(
 ) -> SweepResult:
     tc = cfg.tune
     rows = summary.rank(summary.trial_rows(results, tc.metric, len(folds)), tc.mode)
-    if not rows:
-        errors = [str(r.error) for r in results if r.error is not None]
+    errors = [f"{Path(r.path).name}: {r.error}" for r in results if r.error is not None]
+    if errors:
+        log.warning("%d trial(s) failed:\n  %s", len(errors), "\n  ".join(errors))
+    scored = [r for r in rows if r.score is not None]
+    if not scored:
         raise RuntimeError(f"sweep {path}: no trial reported {tc.metric}; errors: {errors[:3]}")
-    best = rows[0]
+    best = scored[0]
     best_path = path / BEST_CONFIG
     summary.write_best(cfg, best, best_path)
     csv_path = summary.write_csv(rows, tc.metric, path / SUMMARY)

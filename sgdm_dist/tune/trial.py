@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 FINISHED_FOLDS = "finished_folds.json"  # inside a Tune checkpoint: {fold index: scores}
 TRIAL_RECORD = "trial.json"  # written when every fold of the trial is scored
+WORKERS_RECORD = "workers.json"  # multi-worker folds: the process group the fold trained in
 STARTS_LOG = "starts.log"  # one line per (re)start of the trial: resumed sweeps are auditable
 SCORES = ("top1", "top5", "cosine")
 
@@ -63,7 +64,11 @@ def run_trial(params: dict[str, Any], spec: TrialSpec) -> None:
         if fold.index in finished:
             log.info("fold %d already scored before a restore: skipped", fold.index)
             continue
-        fold_cfg = fold_config(cfg, fold, str(trial_dir / f"fold-{fold.index}"))
+        fold_dir = trial_dir / f"fold-{fold.index}"
+        # A fold restarted after a resume starts clean: a killed attempt's checkpoints must not
+        # mix with the new run's (the fold's reports restart from its first validation).
+        shutil.rmtree(fold_dir, ignore_errors=True)
+        fold_cfg = fold_config(cfg, fold, str(fold_dir))
         write_fold_record(fold_cfg, fold)
         if cfg.tune.workers_per_trial > 1:
             scores = _train_distributed(fold_cfg, fold)
@@ -199,7 +204,19 @@ def _train_distributed(cfg: Config, fold: Fold) -> dict[str, float]:
 
 
 def _train_worker(loop_config: dict[str, Any]) -> None:
-    """One DDP rank: Ray Train has set WORLD_SIZE/RANK and the process group; train() joins it."""
+    """One DDP rank: Ray Train has set WORLD_SIZE/RANK and the process group; train() joins it.
+
+    Rank 0 records the process group it trained in (``workers.json`` beside ``fold.json``).
+    """
+    import torch.distributed as dist
+
     from sgdm_dist.train import train
 
-    train(validate(loop_config["config"]))
+    cfg = validate(loop_config["config"])
+    # Read before training: train() ends by tearing the process group down.
+    group = {"world_size": dist.get_world_size(), "backend": str(dist.get_backend())}
+    rank = dist.get_rank()
+    result = train(cfg)
+    if rank == 0:
+        record = {**group, "steps": result.step}
+        atomic_write_text(cfg.experiment.output_dir / WORKERS_RECORD, json.dumps(record))
