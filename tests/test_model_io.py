@@ -143,4 +143,5 @@ def test_profile_counts_match_a_real_model_and_backward_costs_more() -> None:
     assert real["total"] == sum(p.numel() for p in build(cfg).parameters())
     assert 0 < prof.forward_flops < prof.backward_flops
     bigger = profile_model(cfg, n_channels=7, n_times=40, n_subjects=3, batch=4)
-    assert bigger.forward_flops == 2 * prof.forward_flops
+    # Linear in batch size up to the B × B contrastive logits.
+    assert abs(bigger.forward_flops - 2 * prof.forward_flops) < 1e-3 * bigger.forward_flops

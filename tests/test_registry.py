@@ -121,6 +121,27 @@ def test_unreachable_server_fails_fast_with_a_clear_error() -> None:
         check_reachable(f"http://bob:pw@127.0.0.1:{port}")
 
 
+def test_register_refuses_bad_names_and_an_unreachable_server(tmp_path: Path) -> None:
+    import socket
+
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    (folder / "model.safetensors").write_bytes(b"")
+    with pytest.raises(RegistryError, match="model name 'a/b' is not valid"):
+        register_model(folder, tracking_uri="sqlite:///unused.db", name="a/b")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    result = sgdm(
+        "register", TINY, f"experiment.tracking_uri=http://127.0.0.1:{port}",
+        "--model-dir", folder,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert f"error: MLflow tracking server http://127.0.0.1:{port} is unreachable" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_local_folders_resolve_as_is_and_non_models_are_refused(tmp_path: Path) -> None:
     with pytest.raises(RegistryError, match="does not exist"):
         resolve_model(str(tmp_path / "nope"))

@@ -257,17 +257,21 @@ def test_sweep_folds_asha_mlflow_and_best_yaml(
 
 
 def _trial_states(path: Path) -> dict[str, str]:
-    """trial id → status, from Ray Tune's saved experiment state (what a restore starts from)."""
-    states: dict[str, str] = {}
-    for state_file in path.glob("experiment_state-*.json"):
-        try:
-            data = json.loads(state_file.read_text())
-        except (json.JSONDecodeError, OSError):  # being rewritten right now
-            continue
-        for trial_json, _ in data["trial_data"]:
-            trial = json.loads(trial_json)
-            states[trial["trial_id"]] = trial["status"]
-    return states
+    """trial id → status in Ray Tune's newest saved experiment state (what a restore reads).
+
+    Each driver session writes its own ``experiment_state-<start time>.json``.
+    """
+    files = sorted(path.glob("experiment_state-*.json"))
+    if not files:
+        return {}
+    try:
+        data = json.loads(files[-1].read_text())
+    except (json.JSONDecodeError, OSError):  # being rewritten right now
+        return {}
+    return {
+        trial["trial_id"]: trial["status"]
+        for trial in (json.loads(trial_json) for trial_json, _ in data["trial_data"])
+    }
 
 
 def test_resume_after_the_driver_is_killed(tiny_shards: list[str], tmp_path: Path) -> None:
@@ -277,6 +281,9 @@ def test_resume_after_the_driver_is_killed(tiny_shards: list[str], tmp_path: Pat
         "tune.scheduler=fifo",
         "tune.max_folds=1",
         "tune.num_samples=4",
+        # A fresh process per trial (slower trials) and Ray's state saved at every step: the
+        # driver is killed after a trial is recorded finished and well before the last one is.
+        "tune.reuse_actors=false",
     ]
     cfg = load_config(TUNE_TINY, overrides)
     path = sweep_dir(cfg)
@@ -288,7 +295,7 @@ def test_resume_after_the_driver_is_killed(tiny_shards: list[str], tmp_path: Pat
             [str(SGDM), "tune", str(TUNE_TINY), *overrides],
             stdout=log,
             stderr=subprocess.STDOUT,
-            env=env,
+            env={**env, "TUNE_GLOBAL_CHECKPOINT_S": "0"},
             start_new_session=True,
         )
         try:

@@ -100,6 +100,11 @@ class TuneConfig(Section):
         1, gt=0, description="> 1 → each fold trains under a Ray Train TorchTrainer (DDP)."
     )
     max_failures: int = Field(0, ge=0, description="Retries of a failed trial.")
+    reuse_actors: bool = Field(
+        True,
+        description="Run the next trial in the same process (torch and diffusers are imported "
+        "once); Ray replaces a process whose stopped trial does not exit within 2 s.",
+    )
     ray_num_cpus: int | None = Field(
         None, gt=0, description="CPUs of the embedded local Ray; None → all of this machine."
     )

@@ -227,6 +227,7 @@ def _tune_config(cfg: Config, folds: list[Fold]) -> Any:
         scheduler=scheduler,
         num_samples=tc.num_samples,
         max_concurrent_trials=tc.max_concurrent,
+        reuse_actors=tc.reuse_actors,
     )
 
 
