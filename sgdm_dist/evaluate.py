@@ -57,7 +57,7 @@ from sgdm_dist.reconstruct import (
     training_data,
 )
 from sgdm_dist.report import write_report
-from sgdm_dist.tracking import default_tracking_uri
+from sgdm_dist.tracking import default_tracking_uri, experiment_id
 
 log = logging.getLogger(__name__)
 
@@ -560,14 +560,9 @@ def log_to_mlflow(
             client, run_id = MlflowClient(), active.info.run_id
         else:
             client = MlflowClient(tracking_uri)
-            experiment = client.get_experiment_by_name(cfg.experiment.name)
-            experiment_id = (
-                experiment.experiment_id
-                if experiment
-                else client.create_experiment(cfg.experiment.name)
-            )
             run_id = client.create_run(
-                experiment_id, run_name=f"evaluate-{time.strftime('%Y%m%d-%H%M%S')}"
+                experiment_id(client, cfg.experiment.name, tracking_uri),
+                run_name=f"evaluate-{time.strftime('%Y%m%d-%H%M%S')}",
             ).info.run_id
             tags.update(
                 {

@@ -42,6 +42,7 @@ import yaml
 
 from sgdm_dist import __version__
 from sgdm_dist.config.registry import check_alias
+from sgdm_dist.tracking import experiment_id as create_experiment_id
 
 if TYPE_CHECKING:
     from diffusers import AutoencoderKL
@@ -535,9 +536,7 @@ def _lineage_run(
             return run
         experiment_id = exp.experiment_id
     else:
-        experiment_id = client.create_experiment(
-            experiment, artifact_location=_local_artifact_root(tracking_uri)
-        )
+        experiment_id = create_experiment_id(client, experiment, tracking_uri)
     log.warning(
         "no finished training run of %s found in experiment '%s'; logging into a new run",
         model_dir,
@@ -582,14 +581,6 @@ def _find_training_run(
 
 def _quote(value: str) -> str:
     return value.replace("'", "\\'")
-
-
-def _local_artifact_root(tracking_uri: str) -> str | None:
-    """For a SQLite store: artifacts beside the database file, not in the current directory."""
-    if not tracking_uri.startswith("sqlite:///"):
-        return None
-    db = Path(tracking_uri.removeprefix("sqlite:///")).resolve()  # 4 slashes: absolute path
-    return (db.parent / "mlartifacts").as_uri()
 
 
 def _run_metrics(client: MlflowClient, run_id: str, model_dir: Path) -> dict[str, float]:

@@ -31,6 +31,22 @@ def default_tracking_uri(configured: str | None, output_dir: Path, env_uri: str 
     return f"sqlite:///{(output_dir / 'mlflow.db').resolve()}"
 
 
+def local_artifact_root(uri: str) -> str | None:
+    """For a SQLite store: artifacts in ``mlartifacts/`` beside the database, not in the current folder."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    db = Path(uri.removeprefix("sqlite:///")).resolve()
+    return (db.parent / "mlartifacts").as_uri()
+
+
+def experiment_id(client: Any, name: str, uri: str) -> str:
+    """The id of experiment ``name``, created (with artifacts beside a SQLite store) when missing."""
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    return client.create_experiment(name, artifact_location=local_artifact_root(uri))
+
+
 class Tracker:
     """Asynchronous, failure-tolerant MLflow run."""
 
@@ -104,11 +120,9 @@ class Tracker:
             self.dropped += 1
 
     def _start_run(self, client: Any) -> None:
-        experiment = client.get_experiment_by_name(self.experiment)
-        experiment_id = (
-            experiment.experiment_id if experiment else client.create_experiment(self.experiment)
+        run = client.create_run(
+            experiment_id(client, self.experiment, self.uri), run_name=self.run_name
         )
-        run = client.create_run(experiment_id, run_name=self.run_name)
         self.run_id = run.info.run_id
         log.info("MLflow run %s in experiment '%s' at %s", self.run_id, self.experiment, self.uri)
 

@@ -230,7 +230,7 @@ def test_launch_k8s_tune_creates_rayjob(
     job = posts[1].body
     assert (job["kind"], job["apiVersion"]) == ("RayJob", "ray.io/v1")
     assert job["metadata"]["name"] == "sgdm-tiny"
-    assert job["spec"]["entrypoint"] == "sgdm tune /etc/sgdm/config.yaml"
+    assert job["spec"]["entrypoint"] == "sgdm tune /etc/sgdm/config.yaml --resume"
     assert job["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["replicas"] == 2
 
 

@@ -328,7 +328,7 @@ def test_rendered_tuning_job(nodes: int, gpus: int, tiny_config_path: Path) -> N
     config_map, job = render(cfg, "tune")
     errors = validation_errors(config_map) + validation_errors(job)
     assert errors == [], "\n".join(errors)
-    assert job["spec"]["entrypoint"] == f"sgdm tune {CONFIG_PATH}"
+    assert job["spec"]["entrypoint"] == f"sgdm tune {CONFIG_PATH} --resume"
     cluster = job["spec"]["rayClusterSpec"]
     (workers,) = cluster["workerGroupSpecs"]
     assert workers["replicas"] == workers["minReplicas"] == workers["maxReplicas"] == nodes

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated
 
 import typer
 
@@ -21,20 +21,10 @@ OverridesArg = Annotated[
     ),
 ]
 
-# Exit codes: 1 = the job failed, 2 = bad input/usage, 3 = not implemented yet.
+# Exit codes: 1 = the job failed, 2 = bad input/usage.
 EXIT_BAD_INPUT = 2
-EXIT_NOT_IMPLEMENTED = 3
 
 
 def resolve(config: Path, overrides: list[str] | None) -> Config:
     """Load + validate; a ConfigError propagates to :func:`sgdm_dist.cli.main`, which prints it."""
     return load_config(config, overrides or [])
-
-
-def not_implemented(command: str, issue: int) -> NoReturn:
-    typer.secho(
-        f"sgdm {command}: not implemented yet (tracked in issue #{issue}); nothing was done.",
-        fg=typer.colors.YELLOW,
-        err=True,
-    )
-    raise typer.Exit(EXIT_NOT_IMPLEMENTED)

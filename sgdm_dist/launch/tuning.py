@@ -21,7 +21,8 @@ SUBMITTER_RESOURCES = ("500m", "512Mi")
 
 
 def entrypoint(cfg: Config) -> str:
-    return shlex.join(["sgdm", "tune", pods.CONFIG_PATH])
+    # --resume: a restarted RayJob continues its sweep (a fresh one starts when none exists yet).
+    return shlex.join(["sgdm", "tune", pods.CONFIG_PATH, "--resume"])
 
 
 def _env(cfg: Config) -> list[dict[str, Any]]:

@@ -14,6 +14,7 @@ from typing import Any
 
 from sgdm_dist import __version__
 from sgdm_dist.data.io import atomic_write_text
+from sgdm_dist.tracking import experiment_id
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +50,8 @@ class SweepRun:
             run.close_orphans()
             log.info("MLflow: resuming sweep run %s at %s", run_id, uri)
             return run
-        found = client.get_experiment_by_name(experiment)
-        experiment_id = found.experiment_id if found else client.create_experiment(experiment)
         created = client.create_run(
-            experiment_id,
+            experiment_id(client, experiment, uri),
             run_name=f"sweep-{name}",
             tags={SWEEP_TAG: name, "sgdm_dist.version": __version__, **tags},
         )
