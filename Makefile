@@ -40,7 +40,7 @@ system-deps:
 	@command -v kubectl >/dev/null || { apt-get update -qq && apt-get install -y -qq kubernetes-client >/dev/null; }
 
 demo: install
-	$(BIN)/sgdm demo configs/tiny.yaml
+	$(BIN)/sgdm demo configs/demo.yaml
 
 # pytest exit 5 means "no tests collected": say so and fail, an empty run proves nothing.
 test: install system-deps lint

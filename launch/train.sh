@@ -9,7 +9,7 @@
 #   NNODES | PET_NNODES | WORLD_SIZE   number of nodes (pod-level WORLD_SIZE counts pods)  (default: 1)
 #   NODE_RANK | PET_NODE_RANK | RANK   this node's rank (pod-level RANK is the pod index)  (default: 0)
 #   MASTER_ADDR, MASTER_PORT           rendezvous of node 0            (default: 127.0.0.1:29500)
-#   MAX_RESTARTS       restart the local workers this often after a failure (default: 0); each restart
+#   MAX_RESTARTS       relaunch this node this often after a failure (default: 0); each restart
 #                      resumes from the newest complete checkpoint (--resume auto is added for you).
 set -euo pipefail
 
@@ -53,12 +53,36 @@ fi
 
 # Pod-level WORLD_SIZE/RANK describe nodes; the workers get their own from the launcher.
 unset WORLD_SIZE RANK LOCAL_RANK
-exec "$python" -m accelerate.commands.launch \
-  --config_file "$config_file" \
-  --num_machines "$nnodes" \
-  --machine_rank "$node_rank" \
-  --main_process_ip "$master_addr" \
-  --main_process_port "$master_port" \
-  --num_processes "$(( nnodes * nproc ))" \
-  --max_restarts "$max_restarts" \
-  -m sgdm_dist.cli train "$@" "${extra[@]}"
+launch=("$python" -m accelerate.commands.launch
+  --config_file "$config_file"
+  --num_machines "$nnodes"
+  --machine_rank "$node_rank"
+  --main_process_ip "$master_addr"
+  --main_process_port "$master_port"
+  --num_processes "$(( nnodes * nproc ))"
+  -m sgdm_dist.cli train "$@" "${extra[@]}")
+
+if (( max_restarts == 0 )); then
+  exec "${launch[@]}"
+fi
+
+# Restarts: a fresh `accelerate launch` per attempt. torchrun's own --max_restarts re-forms the gloo
+# group inside one launcher, which was seen to fail intermittently ("connectFullMesh … Connection
+# refused"); a new launcher gets a new rendezvous store every time. A signal to this script is
+# passed on and ends the loop (143 = preempted with a checkpoint written: no restart).
+stopping=0
+trap 'stopping=1; kill -TERM "$child" 2>/dev/null' TERM INT
+for (( attempt = 0; ; attempt++ )); do
+  "${launch[@]}" &
+  child=$!
+  rc=0
+  wait "$child" || rc=$?
+  while (( stopping )) && kill -0 "$child" 2>/dev/null; do
+    rc=0
+    wait "$child" || rc=$?
+  done
+  if (( rc == 0 || stopping || attempt >= max_restarts )); then
+    exit "$rc"
+  fi
+  echo "launch/train.sh: training failed with exit code $rc; restart $(( attempt + 1 ))/$max_restarts from the newest checkpoint" >&2
+done

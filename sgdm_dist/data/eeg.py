@@ -221,7 +221,9 @@ def preprocess_session(
     te = epoch_partition(test_rec, cfg, cfg.max_test_reps, seed)
     if tr.ch_names != te.ch_names or tr.data.shape[-1] != te.data.shape[-1]:
         raise DataError(
-            f"{train_rec.source} and {test_rec.source}: partitions differ in channels or times"
+            f"{train_rec.source} and {test_rec.source}: partitions differ: "
+            f"{len(tr.ch_names)} vs {len(te.ch_names)} channels {tr.ch_names} vs {te.ch_names}, "
+            f"{tr.data.shape[-1]} vs {te.data.shape[-1]} samples"
         )
     tr.data, te.data, _ = mvnn(tr.data, te.data, cfg.mvnn, cfg.mvnn_fit)
     if cfg.average_test_reps:

@@ -157,6 +157,10 @@ class VaeEncoder:
                 f"tiny-vae:random-seed-{seed}", str(save), sha256_file(weights), True
             )
         else:
+            if cfg.vae.startswith(("/", ".", "~")) and not Path(cfg.vae).expanduser().is_dir():
+                raise DataError(
+                    f"data.features.vae: cannot load AutoencoderKL '{cfg.vae}': no such folder"
+                )
             try:
                 vae = AutoencoderKL.from_pretrained(cfg.vae)
             except Exception as exc:

@@ -88,6 +88,7 @@ class ShardStream(torch.utils.data.IterableDataset):
         resampled: bool,
         drop_last: bool,
         skip_corrupt: bool,
+        eeg_shape: tuple[int, int] | None = None,
     ) -> None:
         super().__init__()
         self.root = root.rstrip("/")
@@ -97,6 +98,7 @@ class ShardStream(torch.utils.data.IterableDataset):
         self.num_workers = max(num_workers, 1)
         self.shuffle, self.shuffle_buffer = shuffle, shuffle_buffer
         self.resampled, self.drop_last, self.skip_corrupt = resampled, drop_last, skip_corrupt
+        self.eeg_shape = eeg_shape  # [C, T] from the manifest; None: not checked
         self.skipped: list[str] = []
 
     def _worker(self) -> int:
@@ -129,7 +131,14 @@ class ShardStream(torch.utils.data.IterableDataset):
             url = f"{self.root}/{entry.name}"
             try:
                 for raw in iter_shard(url, expected=entry.n_samples):
-                    yield decode(raw)
+                    sample = decode(raw)
+                    if self.eeg_shape is not None and sample["eeg"].shape != self.eeg_shape:
+                        raise DataError(
+                            f"shard {url}: sample '{sample['key']}' has EEG of shape "
+                            f"{list(sample['eeg'].shape)}, the manifest says {list(self.eeg_shape)} "
+                            "[channels, samples]"
+                        )
+                    yield sample
             except DataError as exc:
                 if not self.skip_corrupt:
                     raise
@@ -231,6 +240,7 @@ def make_loader(
         resampled=lc.resampled and split == "train",
         drop_last=lc.drop_last if drop_last is None else drop_last,
         skip_corrupt=lc.skip_corrupt,
+        eeg_shape=(m.n_channels, m.n_times),
     )
     return EEGLoader(stream, lc.num_workers, m)
 

@@ -127,7 +127,10 @@ def _channel_problem(cfg: Config, ch_names: list[str]) -> str | None:
     spec = cfg.data.preprocess.channels
     if isinstance(spec, list):
         if list(spec) != ch_names:
-            return f"channels: config wants {list(spec)}, shards have {ch_names}"
+            return (
+                f"channels: config wants {len(spec)} {list(spec)}, "
+                f"shards have {len(ch_names)} {ch_names}"
+            )
     elif spec == "occipital_parietal":
         other = [c for c in ch_names if not re.match(OCCIPITAL_PARIETAL, c)]
         if other:

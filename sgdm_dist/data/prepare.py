@@ -366,8 +366,10 @@ def assemble_manifest(
     for r in records:
         if r["ch_names"] != first["ch_names"] or r["times"] != first["times"]:
             raise DataError(
-                f"sub-{r['subject']:02d} ses-{r['session']:02d}: channels/times differ from "
-                f"sub-{first['subject']:02d} ses-{first['session']:02d}"
+                f"sub-{r['subject']:02d} ses-{r['session']:02d}: {len(r['ch_names'])} channels × "
+                f"{len(r['times'])} samples, but sub-{first['subject']:02d} "
+                f"ses-{first['session']:02d} has {len(first['ch_names'])} × {len(first['times'])} "
+                f"(channels {r['ch_names']} vs {first['ch_names']})"
             )
     splits: dict[str, SplitInfo] = {}
     for split in SPLITS:

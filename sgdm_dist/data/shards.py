@@ -148,8 +148,11 @@ def iter_shard(url: str, expected: int | None = None) -> Iterator[dict[str, Any]
     except (tarfile.TarError, EOFError, OSError) as exc:
         raise DataError(f"corrupt or truncated shard {url}: {exc}") from None
     if current is not None:
-        yield _checked(current, url)
         n += 1
+        # tarfile ends a stream cut at a header boundary silently, so a truncated shard shows up
+        # as a short count with a partial last sample: report the count, not the partial sample.
+        if expected is None or n == expected:
+            yield _checked(current, url)
     if expected is not None and n != expected:
         raise DataError(
             f"shard {url} holds {n} samples but the manifest says {expected} (truncated or replaced)"

@@ -205,6 +205,7 @@ def read_things_raw(path: Path, stim_channel: str = "stim") -> Recording:
         )
     if stim_channel not in ch_names:
         raise DataError(f"{path}: no stimulus channel '{stim_channel}' in ch_names")
+    _check_things_cap(ch_names, ch_types, path)
     check_finite(x, ch_names, str(path))
     raw = mne.io.RawArray(
         x, mne.create_info(ch_names, float(data["sfreq"]), ch_types), verbose="error"
@@ -213,6 +214,19 @@ def read_things_raw(path: Path, stim_channel: str = "stim") -> Recording:
     if len(events) == 0:
         raise DataError(f"{path}: stimulus channel '{stim_channel}' holds no events")
     return Recording(raw, events, str(path))
+
+
+def _check_things_cap(ch_names: list[str], ch_types: list[str], path: Path) -> None:
+    """Every THINGS-EEG2 recording has the same 63 EEG channels; a file without them is broken
+    (other caps go through ``data.source=mne``)."""
+    eeg = [c for c, t in zip(ch_names, ch_types, strict=True) if t == "eeg"]
+    if sorted(eeg) != sorted(THINGS_CHANNELS):
+        missing = [c for c in THINGS_CHANNELS if c not in eeg]
+        extra = [c for c in eeg if c not in THINGS_CHANNELS]
+        raise DataError(
+            f"{path}: expected the {len(THINGS_CHANNELS)} THINGS-EEG2 EEG channels, found "
+            f"{len(eeg)} (missing {missing}, unexpected {extra})"
+        )
 
 
 def read_mne(path: Path) -> Recording:

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from diffusers import UNet2DConditionModel
 
+from sgdm_dist.config import ConfigError
 from sgdm_dist.config.model import UNetConfig
 
 
@@ -42,7 +43,13 @@ def _vector_kwargs(vector_dim: int | None) -> dict[str, Any]:
 def pretrained_cross_attention_dim(cfg: UNetConfig) -> int:
     """The conditioning width of the pretrained UNet named by ``cfg.pretrained`` (reads config only)."""
     assert cfg.pretrained is not None
-    config = UNet2DConditionModel.load_config(cfg.pretrained, subfolder=_subfolder(cfg))
+    local = Path(cfg.pretrained).expanduser()
+    if cfg.pretrained.startswith(("/", ".", "~")) and not local.is_dir():
+        raise ConfigError(f"model.unet.pretrained: cannot load '{cfg.pretrained}': no such folder")
+    try:
+        config = UNet2DConditionModel.load_config(cfg.pretrained, subfolder=_subfolder(cfg))
+    except OSError as exc:  # diffusers: not a UNet folder, nor a hub id it can reach or has cached
+        raise ConfigError(f"model.unet.pretrained: cannot load '{cfg.pretrained}': {exc}") from None
     width = config["cross_attention_dim"]
     if not isinstance(width, int):
         raise ValueError(

@@ -95,6 +95,7 @@ def test_sigkilled_rank_is_restarted_and_resumes(tiny_shards: list[str], tmp_pat
         if launcher.poll() is None:
             os.killpg(launcher.pid, signal.SIGKILL)
     assert launcher.returncode == 0, log[-4000:]
+    assert "restart 1/1 from the newest checkpoint" in log
     assert "resumed from" in log and "checkpoint-0000000" in log
     final = json.loads(
         (out / "checkpoints" / f"checkpoint-{TOTAL:08d}" / "trainer_state.json").read_text()

@@ -1,0 +1,300 @@
+"""Bad input, as users meet it: the real `sgdm` console script on corrupted shards, raw recordings,
+configs and weight paths. Each case must end with a one-line error that names the culprit, a
+non-zero exit, no traceback, and nothing half-written that looks complete."""
+
+from __future__ import annotations
+
+import io
+import shutil
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sgdm_dist.config import load_config
+from sgdm_dist.data.loader import shard_order
+from sgdm_dist.data.manifest import read_manifest
+from sgdm_dist.data.shards import load_npy, npy_bytes
+
+REPO = Path(__file__).resolve().parents[2]
+TINY = REPO / "configs" / "tiny.yaml"
+SGDM = Path(sys.executable).with_name("sgdm")
+SHORT_RUN = [
+    "train.align_steps=2",
+    "train.diffusion_steps=0",
+    "train.eval_every=100",
+    "train.recon_images=0",
+    "experiment.tracking=false",
+]
+BAD_INPUT = 2  # sgdm's exit code for bad input/usage (sgdm_dist.cli.common.EXIT_BAD_INPUT)
+
+
+def sgdm(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(SGDM), *map(str, args)], capture_output=True, text=True, timeout=300, cwd=cwd
+    )
+
+
+def assert_clean_failure(
+    result: subprocess.CompletedProcess[str], *culprits: str, code: int = BAD_INPUT
+) -> str:
+    """The run failed with ``code``, printed no traceback, and its error names every culprit."""
+    out = result.stdout + result.stderr
+    assert result.returncode == code, out[-3000:]
+    assert "Traceback" not in out, out[-3000:]
+    # The CLI prints "error: ..." last (after a progress bar's carriage returns, when one ran).
+    at = result.stderr.rfind("error: ")
+    assert at >= 0, result.stderr[-3000:]
+    message = result.stderr[at:]
+    for culprit in culprits:
+        assert culprit in message, f"{culprit!r} not in: {message}"
+    return message
+
+
+def paths_of(overrides: list[str]) -> dict[str, Path]:
+    return {k.removeprefix("data."): Path(v) for k, v in (o.split("=", 1) for o in overrides)}
+
+
+def half_written(root: Path) -> list[Path]:
+    return [p for p in root.rglob("*") if ".tmp" in p.name]
+
+
+# ---------------------------------------------------------------------------------------------
+# shards
+
+
+@pytest.fixture
+def shards(tiny_shards: list[str], tmp_path: Path) -> Path:
+    """A private copy of the session's shards (those are shared and must stay intact)."""
+    copy = tmp_path / "shards"
+    shutil.copytree(paths_of(tiny_shards)["shard_dir"], copy)
+    return copy
+
+
+def train(tiny_shards: list[str], shard_dir: Path, out: Path, *extra: str):
+    return sgdm(
+        "train",
+        TINY,
+        *tiny_shards,
+        f"data.shard_dir={shard_dir}",
+        *SHORT_RUN,
+        f"experiment.output_dir={out}",
+        *extra,
+        cwd=out.parent,
+    )
+
+
+def first_train_shard(tiny_shards: list[str], shard_dir: Path) -> str:
+    """The shard rank 0 reads first in epoch 0, so even a 2-step run reaches the damage."""
+    cfg = load_config(TINY, [*tiny_shards, f"data.shard_dir={shard_dir}"])
+    entries = read_manifest(str(shard_dir)).splits["train"].shards
+    return shard_order(entries, cfg.experiment.seed, epoch=0, shuffle=True)[0].name
+
+
+def read_members(path: Path) -> list[tuple[tarfile.TarInfo, bytes]]:
+    with tarfile.open(path) as tar:
+        return [(m, tar.extractfile(m).read()) for m in tar.getmembers()]  # type: ignore[union-attr]
+
+
+def write_members(path: Path, members: list[tuple[tarfile.TarInfo, bytes]]) -> None:
+    with tarfile.open(path, "w") as tar:
+        for info, data in members:
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+@pytest.mark.parametrize("cut", ["between members", "inside a member"])
+def test_truncated_shard_names_the_shard(
+    tiny_shards: list[str], shards: Path, tmp_path: Path, cut: str
+) -> None:
+    name = first_train_shard(tiny_shards, shards)
+    path = shards / name
+    with tarfile.open(path) as tar:
+        middle = tar.getmembers()[len(tar.getmembers()) // 2]
+    # A cut at a header boundary ends the tar stream silently; one inside data fails the read.
+    at = middle.offset if cut == "between members" else middle.offset_data + 100
+    path.write_bytes(path.read_bytes()[:at])
+
+    out = tmp_path / "run"
+    result = train(tiny_shards, shards, out)
+    assert_clean_failure(result, str(path), "truncated")
+    assert not (out / "model").exists()
+
+
+@pytest.mark.parametrize("missing", ["latent.npy", "eeg.npy"])
+def test_shard_sample_missing_a_key_names_shard_sample_and_key(
+    tiny_shards: list[str], shards: Path, tmp_path: Path, missing: str
+) -> None:
+    name = first_train_shard(tiny_shards, shards)
+    members = read_members(shards / name)
+    victim = members[4 * 3][0].name.split(".", 1)[0]  # the 4th sample (4 members each)
+    write_members(shards / name, [(m, d) for m, d in members if m.name != f"{victim}.{missing}"])
+
+    out = tmp_path / "run"
+    result = train(tiny_shards, shards, out)
+    assert_clean_failure(result, str(shards / name), f"'{victim}'", missing)
+    assert not (out / "model").exists()
+
+
+def test_shard_eeg_with_a_channel_too_few_names_expected_and_found(
+    tiny_shards: list[str], shards: Path, tmp_path: Path
+) -> None:
+    name = first_train_shard(tiny_shards, shards)
+    members = read_members(shards / name)
+    info, data = next((m, d) for m, d in members if m.name.endswith(".eeg.npy"))
+    eeg = load_npy(data)
+    members = [(m, npy_bytes(eeg[1:]) if m is info else d) for m, d in members]
+    write_members(shards / name, members)
+
+    out = tmp_path / "run"
+    result = train(tiny_shards, shards, out)
+    c, t = eeg.shape
+    key = info.name.split(".", 1)[0]
+    assert_clean_failure(result, str(shards / name), f"'{key}'", f"[{c - 1}, {t}]", f"[{c}, {t}]")
+    assert not (out / "model").exists()
+
+
+def test_config_channels_differ_from_the_shards_manifest(
+    tiny_shards: list[str], tmp_path: Path
+) -> None:
+    shard_dir = paths_of(tiny_shards)["shard_dir"]
+    n = read_manifest(str(shard_dir)).n_channels
+    out = tmp_path / "run"
+    result = train(tiny_shards, shard_dir, out, "data.preprocess.channels=[O1, Oz, O2]")
+    assert_clean_failure(result, str(shard_dir), "config wants 3 ['O1', 'Oz', 'O2']", f"have {n}")
+    assert not (out / "model").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# raw recordings → `sgdm prepare`
+
+
+@pytest.fixture
+def raw(tiny_shards: list[str], tmp_path: Path) -> tuple[Path, list[str]]:
+    """A private copy of the tiny raw recordings read as THINGS-EEG2 files, with overrides that
+    write shards under tmp_path (the feature cache is copied too, so no feature is recomputed)."""
+    p = paths_of(tiny_shards)
+    copy = tmp_path / "raw"
+    for sub in sorted(p["raw_dir"].glob("sub-*")):
+        shutil.copytree(sub, copy / sub.name)
+    shutil.copytree(p["cache_dir"], tmp_path / "cache")
+    return copy, [
+        "data.source=things_raw",
+        f"data.raw_dir={copy}",
+        f"data.image_dir={p['image_dir']}",
+        f"data.shard_dir={tmp_path / 'out'}",
+        f"data.cache_dir={tmp_path / 'cache'}",
+    ]
+
+
+def edit_recording(path: Path, edit) -> None:
+    d = np.load(path, allow_pickle=True).item()
+    edit(d)
+    np.save(path, d, allow_pickle=True)
+
+
+@pytest.mark.parametrize(
+    ("subject", "part", "value"), [(2, "training", np.nan), (1, "test", np.inf)]
+)
+def test_non_finite_eeg_names_file_and_channel_and_leaves_no_complete_output(
+    raw: tuple[Path, list[str]], tmp_path: Path, subject: int, part: str, value: float
+) -> None:
+    root, overrides = raw
+    f = root / f"sub-{subject:02d}" / "ses-01" / f"raw_eeg_{part}.npy"
+
+    def poison(d: dict) -> None:
+        d["raw_eeg_data"][d["ch_names"].index("POz"), 1234] = value
+
+    edit_recording(f, poison)
+    result = sgdm("prepare", TINY, *overrides, cwd=tmp_path)
+    assert_clean_failure(result, str(f), "NaN/Inf", "['POz']", "sample 1234")
+
+    out = tmp_path / "out"
+    assert not (out / "manifest.json").exists()
+    unit = f"sub-{subject:02d}_ses-01"
+    assert not list(out.glob(f"*/{unit}-*")) and not list(out.glob(f".units/*{unit}*"))
+    assert half_written(out) == []
+
+
+def test_recording_with_62_of_63_channels_names_expected_and_found(
+    raw: tuple[Path, list[str]], tmp_path: Path
+) -> None:
+    root, overrides = raw
+    f = root / "sub-02" / "ses-01" / "raw_eeg_training.npy"
+
+    def drop_fp1(d: dict) -> None:
+        i = d["ch_names"].index("Fp1")  # not a channel the tiny config keeps: easy to miss
+        d["raw_eeg_data"] = np.delete(d["raw_eeg_data"], i, axis=0)
+        del d["ch_names"][i], d["ch_types"][i]
+
+    edit_recording(f, drop_fp1)
+    result = sgdm("prepare", TINY, *overrides, cwd=tmp_path)
+    assert_clean_failure(result, str(f), "expected the 63", "found 62", "missing ['Fp1']")
+    assert not (tmp_path / "out" / "manifest.json").exists()
+    assert half_written(tmp_path / "out") == []
+
+
+# ---------------------------------------------------------------------------------------------
+# configs
+
+
+@pytest.mark.parametrize(
+    ("body", "line"),
+    [
+        ("train:\n  lr: 1.0e-3\n   align_steps: 3\n", 4),  # indentation
+        ("train:\n  lr: 1.0e-3\n  subjects: [1, 2\n", 5),  # unclosed flow sequence
+    ],
+)
+def test_malformed_yaml_exits_2_naming_file_and_line(tmp_path: Path, body: str, line: int) -> None:
+    config = tmp_path / "broken.yaml"
+    config.write_text(f"extends: {TINY}\n{body}")
+    result = sgdm("train", config, cwd=tmp_path)
+    assert_clean_failure(result, str(config), "malformed YAML", f"line {line}")
+
+
+@pytest.mark.parametrize("where", ["file", "override"])
+def test_unknown_config_key_exits_2_naming_key_and_source(tmp_path: Path, where: str) -> None:
+    config = tmp_path / "typo.yaml"
+    config.write_text(
+        f"extends: {TINY}\ntrain:\n  {'lrr: 0.1' if where == 'file' else 'lr: 0.1'}\n"
+    )
+    overrides = ["train.lrr=0.1"] if where == "override" else []
+    result = sgdm("train", config, *overrides, cwd=tmp_path)
+    source = str(config) if where == "file" else "override 'train.lrr=0.1'"
+    assert_clean_failure(result, "unknown key 'train.lrr'", source, "allowed:")
+    assert not (tmp_path / "outputs").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# weights
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        "data.features.clip_pretrained=/nonexistent/clip.safetensors",
+        "data.features.vae=/nonexistent/vae",
+    ],
+)
+def test_missing_encoder_weights_stop_prepare_naming_the_path(
+    raw: tuple[Path, list[str]], tmp_path: Path, override: str
+) -> None:
+    _, overrides = raw
+    key, path = override.split("=")
+    result = sgdm("prepare", TINY, *overrides, override, cwd=tmp_path)
+    assert_clean_failure(result, key.removesuffix(".clip_pretrained"), path)
+    assert not (tmp_path / "out" / "manifest.json").exists()
+    assert half_written(tmp_path / "out") == []
+
+
+def test_missing_unet_weights_stop_train_naming_the_path(
+    tiny_shards: list[str], tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    shard_dir = paths_of(tiny_shards)["shard_dir"]
+    result = train(tiny_shards, shard_dir, out, "model.unet.pretrained=/nonexistent/unet")
+    assert_clean_failure(result, "model.unet.pretrained", "/nonexistent/unet")
+    assert not (out / "model").exists()
