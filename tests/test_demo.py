@@ -45,7 +45,7 @@ def test_quick_demo_runs_the_whole_pipeline(tmp_path: Path) -> None:
     assert (out / "reconstructions" / "grid.png").is_file()
     assert (out / "pulled" / "model.safetensors").is_file()
     client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
-    assert client.get_model_version_by_alias("sgdm-demo", "champion").version == "1"
+    assert str(client.get_model_version_by_alias("sgdm-demo", "champion").version) == "1"
     train_runs = client.search_runs(
         [client.get_experiment_by_name("sgdm-demo").experiment_id], "tags.num_processes = '2'"
     )

@@ -339,7 +339,8 @@ class SGDM(nn.Module):
             unet=unet,
         )
         try:
-            missing, unexpected = load_model(model, str(weights), strict=False, device=str(device))
+            # Load on the CPU, then move: safetensors rejects device strings such as "cpu:0".
+            missing, unexpected = load_model(model, str(weights), strict=False, device="cpu")
         except RuntimeError as exc:  # shape mismatches
             raise ValueError(f"{weights}: weights do not match config.json: {exc}") from None
         if missing or unexpected:
