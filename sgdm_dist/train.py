@@ -25,7 +25,9 @@ from tqdm.auto import tqdm
 
 from sgdm_dist import __version__
 from sgdm_dist.checkpoint import (
+    CheckpointError,
     TrainerState,
+    complete_checkpoints,
     load_checkpoint,
     resolve_resume,
     save_checkpoint,
@@ -123,6 +125,12 @@ def train(
     ckpt_root = out_dir / "checkpoints"
     state = TrainerState()
     start_from = resolve_resume(ckpt_root, resume)
+    if start_from is None and complete_checkpoints(ckpt_root):
+        # A fresh run would interleave its checkpoints with the earlier run's.
+        raise CheckpointError(
+            f"{ckpt_root} holds checkpoints of an earlier run: pass --resume auto to continue it, "
+            "or set another experiment.output_dir"
+        )
     if start_from is not None:
         state = load_checkpoint(accelerator, start_from, ema)
         log.info("resumed from %s at step %d", start_from, state.step)

@@ -87,6 +87,16 @@ def test_sigterm_checkpoints_and_resume_replays_the_same_losses(
     assert 6 <= stopped_at < 16
     assert not (split / "model").exists()  # no final export from an interrupted run
 
+    fresh = subprocess.run(
+        sgdm_train(*tiny_shards, *RUN, f"experiment.output_dir={split}"),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
+    assert fresh.returncode == 1  # a fresh start must not overwrite the interrupted run
+    assert "holds checkpoints of an earlier run: pass --resume auto" in fresh.stderr
+
     resumed = subprocess.run(
         sgdm_train(*tiny_shards, *RUN, f"experiment.output_dir={split}", "--resume", "auto"),
         capture_output=True,
