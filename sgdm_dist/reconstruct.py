@@ -295,6 +295,7 @@ def read_split(
         resampled=False,
         drop_last=False,
         skip_corrupt=False,
+        eeg_shape=(manifest.n_channels, manifest.n_times),
     )
     loader = EEGLoader(stream, num_workers, manifest)
     concepts = manifest.splits[split].concepts

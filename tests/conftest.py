@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -10,8 +12,20 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Tests track to stores they create; never to a server the developer's shell points at.
+os.environ.pop("MLFLOW_TRACKING_URI", None)
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _no_leaked_tracking_uri() -> Iterator[None]:
+    """``mlflow.set_tracking_uri`` exports MLFLOW_TRACKING_URI; a test that calls it must not send
+    every later subprocess's runs to its store."""
+    yield
+    if "mlflow" in sys.modules:  # resets MLflow's in-process URI too, which outranks the variable
+        sys.modules["mlflow"].set_tracking_uri(None)
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
 
 
 @pytest.fixture
@@ -41,7 +55,6 @@ def tiny_shards(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
     Returns the overrides that point configs/tiny.yaml at them; tests must not modify the files.
     """
     import subprocess
-    import sys
 
     root = tmp_path_factory.mktemp("tiny-shared")
     overrides = tiny_data_overrides(root)

@@ -32,21 +32,22 @@ class SemanticHead(nn.Module):
             nn.Linear(hidden, clip_dim),
         )
         self.skip = nn.Linear(in_dim, clip_dim, bias=False)
-        # Stored as log so the optimiser works on an unconstrained value, as in CLIP.
-        self.logit_scale = nn.Parameter(torch.tensor(math.log(cfg.logit_scale_init)))
+        # Stored as log so the optimiser works on an unconstrained value, as in CLIP. Shape [1], not
+        # 0-d, like the buffers below: DeepSpeed's broadcast views tensors as bytes, which 0-d cannot do.
+        self.logit_scale = nn.Parameter(torch.full((1,), math.log(cfg.logit_scale_init)))
         self.logit_scale_max = cfg.logit_scale_max
         self.center_targets = cfg.center_targets
         self.momentum = cfg.center_momentum
         self.register_buffer("target_mean", torch.zeros(clip_dim))
-        self.register_buffer("target_spread", torch.ones(()))
-        self.register_buffer("target_updates", torch.zeros((), dtype=torch.long))
+        self.register_buffer("target_spread", torch.ones(1))
+        self.register_buffer("target_updates", torch.zeros(1, dtype=torch.long))
 
     def forward(self, z_eeg: Tensor) -> Tensor:
         return F.normalize(self.net(z_eeg) + self.skip(z_eeg), dim=-1)
 
     def scale(self) -> Tensor:
         """The inverse temperature exp(logit_scale), clamped to logit_scale_max; scalar."""
-        return self.logit_scale.exp().clamp(max=self.logit_scale_max)
+        return self.logit_scale.exp().clamp(max=self.logit_scale_max).squeeze(0)
 
     @torch.no_grad()
     def observe(self, clip: Tensor) -> None:
