@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 import sgdm_dist
-from sgdm_dist.config import Config
+from sgdm_dist.config import Config, flatten
 from sgdm_dist.config.evaluate import EvaluateConfig
 from sgdm_dist.data.io import atomic_write_text
 from sgdm_dist.data.loader import split_image_embeddings
@@ -548,7 +548,7 @@ def log_to_mlflow(
     active = mlflow.active_run()
     if active is None and not cfg.experiment.tracking:
         return None
-    flat = _flatten({k: metrics[k] for k in ("summary", "retrieval", "reconstruction")})
+    flat = flatten({k: metrics[k] for k in ("summary", "retrieval", "reconstruction")}, sep="/")
     numbers = to_mlflow_metrics(
         {k: v for k, v in flat.items() if isinstance(v, int | float) and not isinstance(v, bool)},
         prefix="test/",
@@ -590,13 +590,3 @@ def log_to_mlflow(
         return None
     log.info("evaluation of %s logged to MLflow run %s", model, run_id)
     return run_id
-
-
-def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, Mapping):
-            out.update(_flatten(value, f"{prefix}{key}/"))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out

@@ -25,8 +25,9 @@ from PIL import Image
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from sgdm_dist.atomic import atomic_write
 from sgdm_dist.data import DataError
-from sgdm_dist.data.io import atomic_write, atomic_write_text
+from sgdm_dist.data.io import atomic_write_text
 from sgdm_dist.data.loader import ShardStream, select_shards
 from sgdm_dist.data.manifest import Manifest, read_manifest
 from sgdm_dist.models import SGDM

@@ -11,8 +11,6 @@ import datetime as dt
 import html
 import io
 import math
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,6 +25,8 @@ from torch import Tensor
 from torchvision.utils import make_grid
 
 import sgdm_dist
+from sgdm_dist.atomic import atomic_write
+from sgdm_dist.config import flatten
 from sgdm_dist.metrics.suite import HIGHER_IS_BETTER, RANDOM_INIT_SUFFIX
 
 _LABEL_BAND = 14  # px under each grid cell for its label
@@ -59,7 +59,7 @@ def save_image_grid(
     """Write ``image_grid(images, nrow, labels)`` as a PNG (atomically) and return its path."""
     path = Path(path)
     grid = image_grid(images, nrow=nrow, labels=labels)
-    _atomic_write(path, _png_bytes(grid))
+    atomic_write(path, lambda tmp: tmp.write_bytes(_png_bytes(grid)))
     return path
 
 
@@ -196,7 +196,7 @@ def write_report(
         )
     page = _PAGE.format(title=_e(title), body="\n".join(parts))
     path = out_dir / "report.html"
-    _atomic_write(path, page.encode("utf-8"))
+    atomic_write(path, lambda tmp: tmp.write_bytes(page.encode("utf-8")))
     return path
 
 
@@ -259,16 +259,6 @@ def _random_init_metrics(tree: Mapping[str, Any]) -> set[str]:
     return found
 
 
-def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, Mapping):
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 def _groups(metrics: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]]:
     """Top-level scalars → "Summary"; each top-level dict → its own table, in input order."""
     scalars = {k: v for k, v in metrics.items() if not isinstance(v, Mapping)}
@@ -279,7 +269,7 @@ def _groups(metrics: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]]:
 def _table(name: str, group: Mapping[str, Any], random_metrics: set[str]) -> str:
     if group and all(isinstance(v, Mapping) for v in group.values()):
         return _matrix_table(name, group, random_metrics)
-    flat = {k: v for k, v in _flatten(group).items() if not k.endswith(RANDOM_INIT_SUFFIX)}
+    flat = {k: v for k, v in flatten(group).items() if not k.endswith(RANDOM_INIT_SUFFIX)}
     chance = {k: v for k, v in flat.items() if k.startswith("chance_")}
     rows = []
     for key, value in flat.items():
@@ -301,7 +291,7 @@ def _matrix_table(
 ) -> str:
     """Rows = entries (e.g. subjects), columns = the union of their metrics in first-seen order."""
     flat_rows = {
-        row: {k: v for k, v in _flatten(vals).items() if not k.endswith(RANDOM_INIT_SUFFIX)}
+        row: {k: v for k, v in flatten(vals).items() if not k.endswith(RANDOM_INIT_SUFFIX)}
         for row, vals in group.items()
     }
     columns: list[str] = []
@@ -332,20 +322,6 @@ def _png_bytes(image: Image.Image) -> bytes:
     buf = io.BytesIO()
     image.save(buf, format="PNG")
     return buf.getvalue()
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write to a temporary sibling, then rename: a reader never sees a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a report is meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _check_images(images: Tensor, name: str) -> None:

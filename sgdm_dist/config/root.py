@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import yaml
@@ -39,12 +40,16 @@ class Config(Section):
         return flatten(self.to_dict())
 
 
-def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten(tree: Mapping[str, Any], prefix: str = "", sep: str = ".") -> dict[str, Any]:
+    """Nested mappings → one level with joined keys: ``{"a": {"b": 1}}`` → ``{"a.b": 1}``.
+
+    An empty mapping stays a value, so a flattened config still says the key exists.
+    """
     out: dict[str, Any] = {}
     for key, value in tree.items():
-        dotted = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
-            out.update(flatten(value, dotted + "."))
+        joined = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            out.update(flatten(value, joined + sep, sep))
         else:
-            out[dotted] = value
+            out[joined] = value
     return out

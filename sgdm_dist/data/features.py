@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,9 +20,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+from sgdm_dist.atomic import atomic_write, write_dir_atomically
 from sgdm_dist.config.data import FeatureConfig
 from sgdm_dist.data import DataError
-from sgdm_dist.data.io import atomic_save_npy, atomic_write, atomic_write_json, sha256_file
+from sgdm_dist.data.io import atomic_save_npy, atomic_write_json, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +150,7 @@ class VaeEncoder:
             else:
                 torch.manual_seed(seed)
                 vae = AutoencoderKL(sample_size=cfg.image_size, **TINY_VAE_CONFIG)
-                _save_dir_atomic(save, vae.save_pretrained)
+                write_dir_atomically(save, vae.save_pretrained)
                 _warn_random("VAE", save)
             weights = next(save.glob("*.safetensors"))
             self.info = EncoderInfo(
@@ -211,16 +211,6 @@ def _save_clip(model: torch.nn.Module, arch: str, save: Path) -> None:
     )
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
     atomic_write(save / "model.safetensors", lambda tmp: save_file(state, str(tmp)))
-
-
-def _save_dir_atomic(target: Path, save_fn: Any) -> None:
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    save_fn(tmp)
-    if target.exists():
-        import shutil
-
-        shutil.rmtree(target)
-    os.replace(tmp, target)
 
 
 class FeatureCache:

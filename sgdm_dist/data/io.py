@@ -1,15 +1,15 @@
-"""Small file helpers: atomic writes (temp name, then rename) and content hashes."""
+"""Small file helpers of the data pipeline: atomic JSON/npy writes (see sgdm_dist.atomic) and content hashes."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from sgdm_dist.atomic import atomic_write
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -18,20 +18,6 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
-
-
-def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmp)`` then rename tmp → path, so a crash never leaves a complete-looking file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:

@@ -20,9 +20,9 @@ import numpy as np
 from tqdm import tqdm
 
 from sgdm_dist import __version__
+from sgdm_dist.atomic import atomic_write
 from sgdm_dist.config import Config
 from sgdm_dist.data import DataError
-from sgdm_dist.data.io import atomic_write
 from sgdm_dist.data.manifest import Manifest, ShardEntry, SplitInfo, write_manifest
 from sgdm_dist.data.shards import Trial, read_unit_record, write_unit
 from sgdm_dist.data.sources import (

@@ -25,8 +25,9 @@ import mne
 import numpy as np
 from PIL import Image
 
+from sgdm_dist.atomic import atomic_write
 from sgdm_dist.config.data import SyntheticConfig
-from sgdm_dist.data.io import atomic_save_npy, atomic_write
+from sgdm_dist.data.io import atomic_save_npy
 from sgdm_dist.data.sources import THINGS_CHANNELS
 
 log = logging.getLogger(__name__)

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
-import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,31 +10,6 @@ WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 FORMAT = "sgdm-dist/model"
 FORMAT_VERSION = 1
-
-
-def write_dir_atomically(target: str | Path, fill: Callable[[Path], None]) -> Path:
-    """Call ``fill(tmp_dir)`` and then move tmp_dir to ``target`` (replacing it).
-
-    A crash leaves either the old folder or a hidden ``.tmp`` folder, never a half-written ``target``.
-    """
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tag = uuid.uuid4().hex[:8]
-    tmp = target.parent / f".{target.name}.tmp-{tag}"
-    old = target.parent / f".{target.name}.old-{tag}"
-    tmp.mkdir()
-    try:
-        fill(tmp)
-        if target.exists():
-            target.rename(old)
-        tmp.rename(target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old.exists() and not target.exists():
-            old.rename(target)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
-    return target
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:

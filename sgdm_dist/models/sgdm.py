@@ -17,6 +17,7 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from safetensors.torch import load_model, save_model
 from torch import Tensor, nn
 
+from sgdm_dist.atomic import write_dir_atomically
 from sgdm_dist.config.model import ModelConfig
 from sgdm_dist.models import io
 from sgdm_dist.models.conditioning import Condition, MultiScaleConditioning, dropout_mask
@@ -318,7 +319,7 @@ class SGDM(nn.Module):
             save_model(self, str(tmp / io.WEIGHTS_NAME))
             io.write_json(tmp / io.CONFIG_NAME, self.config_dict())
 
-        return io.write_dir_atomically(path, fill)
+        return write_dir_atomically(path, fill)
 
     @classmethod
     def from_pretrained(cls, path: str | Path, *, device: str | torch.device = "cpu") -> SGDM:
