@@ -36,8 +36,8 @@ install: $(STAMP)
 # Debian packages the tests use: Chromium renders the HTML report; kubectl renders kustomize offline.
 # Installed only when missing (CI runs as root on a Debian machine).
 system-deps:
-	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
-	@command -v kubectl >/dev/null || { apt-get update -qq && apt-get install -y -qq kubernetes-client >/dev/null; }
+	@command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+	@command -v kubectl >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq kubernetes-client >/dev/null; }
 
 demo: install
 	$(BIN)/sgdm demo configs/demo.yaml
