@@ -9,13 +9,13 @@ shared outputs volume mapped onto a temp folder, and checks they train one synch
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from support import free_port
 
 from sgdm_dist.config import load_config
 from sgdm_dist.launch.pods import CONFIG_FILE, CONFIG_PATH, OUTPUTS_MOUNT
@@ -24,12 +24,6 @@ from sgdm_dist.launch.rendezvous import pod_process
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGE_ROOT = "/opt/sgdm"  # where docker/Dockerfile installs the repository
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.mark.slow

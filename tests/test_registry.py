@@ -19,7 +19,7 @@ import pytest
 import torch
 import yaml
 from mlflow.tracking import MlflowClient
-from test_train_tracking import kill_group, start_mlflow_server
+from support import kill_group, start_mlflow_server
 
 from sgdm_dist.config import ConfigError, load_config
 from sgdm_dist.registry import (

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import pytest
 import torch
+from support import free_port
 from torch import nn
 
 from sgdm_dist.checkpoint import (
@@ -92,14 +92,8 @@ def test_tracking_uri_precedence(tmp_path: Path) -> None:
     assert default_tracking_uri(None, tmp_path, None) == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
 
 
-def _closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_tracker_never_blocks_training_when_server_is_down() -> None:
-    tracker = Tracker(f"http://127.0.0.1:{_closed_port()}", "exp", "run", retry_seconds=0.05)
+    tracker = Tracker(f"http://127.0.0.1:{free_port()}", "exp", "run", retry_seconds=0.05)
     for step in range(200):
         tracker.log_metrics({"loss": 1.0 / (step + 1)}, step)
     # Every call returned although no run could even be created: they wait in the queue.
