@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from support import tiny_data_overrides
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -36,16 +37,6 @@ def repo() -> Path:
 @pytest.fixture
 def tiny_config_path() -> Path:
     return REPO / "configs" / "tiny.yaml"
-
-
-def tiny_data_overrides(root: Path) -> list[str]:
-    """Dotted overrides that put every data path of configs/tiny.yaml under ``root``."""
-    return [
-        f"data.raw_dir={root}/raw",
-        f"data.image_dir={root}/raw/images",
-        f"data.shard_dir={root}/shards",
-        f"data.cache_dir={root}/cache",
-    ]
 
 
 @pytest.fixture(scope="session")

@@ -61,3 +61,13 @@ def kill_group(proc: subprocess.Popen) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
+
+
+def tiny_data_overrides(root: Path) -> list[str]:
+    """Dotted overrides that put every data path of configs/tiny.yaml under ``root``."""
+    return [
+        f"data.raw_dir={root}/raw",
+        f"data.image_dir={root}/raw/images",
+        f"data.shard_dir={root}/shards",
+        f"data.cache_dir={root}/cache",
+    ]

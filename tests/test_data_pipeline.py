@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from support import tiny_data_overrides
 from typer.testing import CliRunner
 
 from sgdm_dist.cli import app
@@ -23,20 +24,11 @@ from sgdm_dist.data.shards import Trial, decode, iter_shard, write_unit
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _overrides(root: Path) -> list[str]:
-    return [
-        f"data.raw_dir={root}/raw",
-        f"data.image_dir={root}/raw/images",
-        f"data.shard_dir={root}/shards",
-        f"data.cache_dir={root}/cache",
-    ]
-
-
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory: pytest.TempPathFactory) -> tuple[Config, list[str]]:
     """`sgdm prepare configs/tiny.yaml --synthetic` into a temporary folder, through the CLI."""
     root = tmp_path_factory.mktemp("tiny")
-    ov = _overrides(root)
+    ov = tiny_data_overrides(root)
     result = CliRunner().invoke(
         app, ["prepare", str(REPO / "configs/tiny.yaml"), *ov, "--synthetic"]
     )
