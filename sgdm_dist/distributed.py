@@ -8,6 +8,7 @@ train something other than what was asked without an error, so :func:`check_worl
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from accelerate.utils import (
 )
 
 from sgdm_dist.config import Config
+from sgdm_dist.scaleout import dynamo_backend, set_tf32, tune_deepspeed_config
 
 
 class DistributedSetupError(RuntimeError):
@@ -51,8 +53,9 @@ class LaunchRequest:
 def make_accelerator(cfg: Config, request: LaunchRequest) -> Accelerator:
     """One Accelerator for every strategy; the strategy itself comes from the accelerate config file."""
     on_cpu = not torch.cuda.is_available()
-    # UNet parameters are unused during the alignment stage; DDP must not wait for their grads.
-    handlers: list = [DistributedDataParallelKwargs(find_unused_parameters=True)]
+    # Every parameter of the prepared model takes part in every step: the alignment stage prepares
+    # only the modules it trains (sgdm_dist/stages.py), so DDP needs no unused-parameter search.
+    handlers: list = [DistributedDataParallelKwargs(find_unused_parameters=False)]
     if request.world_size > 1:
         # Creating the group ourselves (gloo on CPU) is what makes DeepSpeed count every process.
         backend = "gloo" if on_cpu else "nccl"
@@ -66,9 +69,13 @@ def make_accelerator(cfg: Config, request: LaunchRequest) -> Accelerator:
         kwargs_handlers=handlers,
         project_config=ProjectConfiguration(project_dir=str(cfg.experiment.output_dir)),
         step_scheduler_with_optimizer=False,
+        dynamo_backend=dynamo_backend(cfg.train.compile),
     )
+    set_tf32(cfg.train.tf32)
     if accelerator.distributed_type == DistributedType.DEEPSPEED:
         _fill_deepspeed_config(accelerator, cfg)
+        ds = accelerator.state.deepspeed_plugin.deepspeed_config
+        tune_deepspeed_config(ds, cfg.train.mixed_precision, on_gpu=not on_cpu)
     check_world(accelerator, request)
     return accelerator
 
@@ -149,3 +156,36 @@ def check_replicas(accelerator: Accelerator, model: torch.nn.Module) -> float | 
             f"ranks hold different weights (fingerprints {gathered.tolist()}): gradients were not synchronised"
         )
     return float(gathered[0])
+
+
+def input_dtype(accelerator: Accelerator) -> torch.dtype | None:
+    """The dtype float inputs must have for the prepared model; None: leave them float32.
+
+    DeepSpeed casts the whole module (weights and buffers) to bf16/fp16 and runs no autocast, so its
+    inputs must match; DDP/FSDP under accelerate keep fp32 weights and autocast the forward.
+    """
+    if accelerator.distributed_type != DistributedType.DEEPSPEED:
+        return None
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(accelerator.mixed_precision)
+
+
+def to_device(batch: dict, device: torch.device, dtype: torch.dtype | None) -> dict:
+    """The one place a batch is moved (and float tensors cast) for the model; others pass through."""
+    out = {}
+    for key, value in batch.items():
+        if torch.is_tensor(value):
+            cast = dtype if dtype is not None and value.is_floating_point() else None
+            value = value.to(device, dtype=cast, non_blocking=True)
+        out[key] = value
+    return out
+
+
+def micro_batch_seed(seed: int, rank: int, step: int, micro: int) -> int:
+    """A 63-bit seed for rank ``rank``'s micro-batch ``micro`` of optimiser step ``step``.
+
+    Reseeding torch's generators from it before every micro-batch gives each rank its own noise,
+    timestep and dropout stream, and makes a resumed run draw exactly what the uninterrupted one did
+    (no RNG state to restore).
+    """
+    digest = hashlib.blake2b(f"{seed}/{rank}/{step}/{micro}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1

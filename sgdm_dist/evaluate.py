@@ -27,17 +27,18 @@ import torch
 from torch import Tensor
 
 import sgdm_dist
+from sgdm_dist.baselines.checks import decoding_checks
 from sgdm_dist.config import Config, flatten
 from sgdm_dist.config.evaluate import EvaluateConfig
 from sgdm_dist.data.io import atomic_write_text
 from sgdm_dist.data.loader import split_image_embeddings
 from sgdm_dist.data.manifest import manifest_hash
+from sgdm_dist.evaluate_recon import ReconScores, baseline_rows, score_subject
 from sgdm_dist.metrics import (
     HIGHER_IS_BETTER,
     METRIC_ORDER,
     average_by_index,
     mean_over_groups,
-    reconstruction_metrics,
     retrieval_accuracy,
     to_mlflow_metrics,
 )
@@ -51,7 +52,6 @@ from sgdm_dist.reconstruct import (
     model_folder,
     model_subjects,
     read_split,
-    sample_images,
     save_comparison_grid,
     save_png,
     training_data,
@@ -88,6 +88,10 @@ PUBLISHED_RECONSTRUCTION = {
     }
 }
 PUBLISHED_N_IMAGES = 200
+BASELINE_TITLE = (
+    "Reconstruction: model vs floor (shuffled EEG) and ceiling (autoencoder round trip); "
+    "all images, mean [95% bootstrap CI]"
+)
 
 
 class EvaluationError(ValueError):
@@ -147,7 +151,10 @@ def evaluate(
     _warn_unknown_subjects(test.subjects, net, ecfg.subject_agnostic)
 
     retrieval, similarity, target_index = score_retrieval(cfg, net, test)
+    # Model vs ridge on the same shards, in centred CLIP, with the collapse guard (#13).
+    decoding = decoding_checks(cfg, net, agnostic=ecfg.subject_agnostic)
     reconstruction: dict[str, dict[str, float]] = {}
+    baselines: dict[str, Any] = {}
     grid_images = grid_recons = None
     grid_path = None
     sampling = SamplingOptions(
@@ -156,12 +163,14 @@ def evaluate(
         scheduler=ecfg.scheduler,
         seed=cfg.experiment.seed,
         batch_size=ecfg.recon_batch_size,
+        strength=ecfg.structure_strength,
     )
     vae_source = None
     if ecfg.reconstruct:
-        reconstruction, grid_images, grid_recons, vae_source = score_reconstruction(
+        baselines, grid_images, grid_recons, vae_source = score_reconstruction(
             cfg, net, model_dir, test, sampling, out_dir, device, progress
         )
+        reconstruction = baselines.pop("model")
         grid_path = save_comparison_grid(
             out_dir / "reconstructions.png",
             [("stimulus", grid_images)]
@@ -171,9 +180,11 @@ def evaluate(
         )
 
     metrics = {
-        "summary": _summary(cfg, retrieval, reconstruction, test),
+        "summary": _summary(cfg, retrieval, reconstruction, test, baselines),
         "retrieval": retrieval,
         "reconstruction": reconstruction,
+        "reconstruction_baselines": baselines,
+        "decoding": decoding,
         "protocol": _protocol(cfg, model, model_dir, test, sampling, vae_source),
     }
     metrics_path = atomic_write_text(out_dir / METRICS_FILE, json.dumps(metrics, indent=2) + "\n")
@@ -182,6 +193,8 @@ def evaluate(
         report_view(metrics),
         images=grid_images,
         recons=grid_recons,
+        recon_labels=[f"sub-{s:02d}" for s in test.subjects],
+        retrieval_images=_retrieval_candidates(cfg, test),
         similarity=similarity,
         title=f"sgdm-dist evaluation: {model}",
         max_images=ecfg.report_max_images,
@@ -288,10 +301,12 @@ def score_reconstruction(
     out_dir: Path,
     device: torch.device,
     progress: bool,
-) -> tuple[dict[str, dict[str, float]], Tensor, Tensor, str]:
-    """Reconstruct each subject's test images from its repetition-averaged EEG and score them.
+) -> tuple[dict[str, Any], Tensor, Tensor, str]:
+    """Reconstruct each subject's test images from its repetition-averaged EEG and score them,
+    with the floor, ceiling and condition sensitivity unless ``evaluate.baselines`` is off.
 
-    Returns ({"sub-XX": metrics, "mean": metrics}, stimuli [K, 3, H, W] and reconstructions
+    Returns ({"model" | "floor" | "ceiling": {"sub-XX": metrics, "mean": metrics},
+    "condition_sensitivity": {"sub-XX": …, "mean": …}}, stimuli [K, 3, H, W] and reconstructions
     [K, S, 3, H', W'] of the first ``report_max_images`` images for the report, the VAE's source).
     """
     ecfg = cfg.evaluate
@@ -307,7 +322,7 @@ def score_reconstruction(
     vae = vae.to(device)
     backbones = _load_backbones(cfg, device)
     shown = _grid_index(test, ecfg).tolist()
-    per_subject: dict[str, dict[str, float]] = {}
+    scores = ReconScores()
     grid_recons = []
     for s in test.subjects:
         index = test.image_index[s][: ecfg.recon_max_images]
@@ -320,27 +335,31 @@ def score_reconstruction(
         except ReconstructError as exc:
             raise EvaluationError(f"{exc}; or set evaluate.reconstruct=false") from None
         ids = model_subjects(torch.full((len(index),), s), model.n_subjects, ecfg.subject_agnostic)
-        recon = sample_images(
+        recon = score_subject(
+            scores,
+            f"sub-{s:02d}",
             model,
             test.mean_eeg[s][: len(index)],
             ids,
+            stimuli,
             vae,
             sampling,
-            desc=f"reconstruct sub-{s:02d}",
+            backbones,
+            baselines=ecfg.baselines,
             progress=progress,
+            metric_kw={"device": device, "batch_size": ecfg.metric_batch_size},
         )
         if ecfg.save_images:
             for image, i in zip(recon, index.tolist(), strict=True):
                 save_png(image, out_dir / RECON_DIR / f"sub-{s:02d}" / f"{i:05d}.png")
-        log.info("scoring %d reconstructions of subject %d", len(index), s)
-        per_subject[f"sub-{s:02d}"] = reconstruction_metrics(
-            recon, stimuli, backbones, device, batch_size=ecfg.metric_batch_size
-        )
         rows = {int(i): n for n, i in enumerate(index.tolist())}
         grid_recons.append(recon[[rows[i] for i in shown]])
     grid_images = test.stimuli(torch.tensor(shown))
-    table = {**per_subject, MEAN_ROW: mean_over_groups(per_subject)}
-    return table, grid_images, torch.stack(grid_recons, dim=1), vae_source
+    tables = scores.tables(cfg.experiment.seed)
+    sensitivity = scores.sensitivity_table()
+    if sensitivity:
+        tables["condition_sensitivity"] = sensitivity
+    return tables, grid_images, torch.stack(grid_recons, dim=1), vae_source
 
 
 def _grid_index(test: SplitEEG, ecfg: EvaluateConfig) -> Tensor:
@@ -374,9 +393,10 @@ def _summary(
     retrieval: dict[str, Any],
     reconstruction: dict[str, dict[str, float]],
     test: SplitEEG,
+    baselines: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Headline numbers: mean over subjects of the headline retrieval mode (with chance levels)
-    and of the reconstruction metrics."""
+    and of the reconstruction metrics, their floors and ceilings and the condition sensitivity."""
     mode = AVERAGED if cfg.evaluate.average_reps else SINGLE
     table = retrieval[mode]
     out: dict[str, Any] = {
@@ -391,7 +411,23 @@ def _summary(
     for key, value in reconstruction.get(MEAN_ROW, {}).items():
         if key != "n_images":
             out[key] = value
+    for kind in ("floor", "ceiling"):
+        for key, value in (baselines or {}).get(kind, {}).get(MEAN_ROW, {}).items():
+            if key in METRIC_ORDER:
+                out[f"{key}.{kind}"] = value
+    sensitivity = (baselines or {}).get("condition_sensitivity", {}).get(MEAN_ROW)
+    if sensitivity:
+        out["condition_sensitivity"] = sensitivity["condition_sensitivity"]
     return out
+
+
+def _retrieval_candidates(cfg: Config, test: SplitEEG) -> Tensor | None:
+    """Every test stimulus in candidate order (the similarity matrix's columns), or None when the
+    shards store no images."""
+    image_index, _ = split_image_embeddings(cfg.data.shard_dir, TEST_SPLIT)
+    if not all(int(i) in test.images for i in image_index):
+        return None
+    return test.stimuli(image_index)
 
 
 def _mode_text(cfg: Config, mode: str) -> str:
@@ -439,6 +475,11 @@ def _protocol(
         "scheduler": sampling.scheduler,
         "seed": sampling.seed,
         "vae": vae_source,
+        # A random VAE cannot draw anything: reconstructions then test the pipeline only.
+        "vae_random_init": (test.manifest.features.get("random_init") or {}).get("vae"),
+        "vae_held_out_round_trip": (test.manifest.features.get("vae_training") or {}).get(
+            "held_out_round_trip"
+        ),
         "sgdm_dist_version": sgdm_dist.__version__,
         "created": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
@@ -451,9 +492,29 @@ def report_view(metrics: Mapping[str, Any]) -> dict[str, Any]:
     view["Retrieval, repetitions averaged, per subject"] = retrieval[AVERAGED]
     view["Retrieval, single trials, per subject"] = retrieval[SINGLE]
     if metrics["reconstruction"]:
-        view["Reconstruction, per subject"] = metrics["reconstruction"]
+        baselines = metrics.get("reconstruction_baselines", {})
+        if baselines:
+            view[BASELINE_TITLE] = baseline_rows(metrics["reconstruction"], baselines, METRIC_ORDER)
+        view["Reconstruction, per subject"] = _without_ci(metrics["reconstruction"])
+        for kind, title in (
+            ("floor", "Floor: reconstructions from shuffled EEG, per subject"),
+            ("ceiling", "Ceiling: autoencoder round trip of the stimuli, per subject"),
+        ):
+            if kind in baselines:
+                view[title] = _without_ci(baselines[kind])
+        if "condition_sensitivity" in baselines:
+            view["Condition sensitivity (pixel change: EEG swapped / seed changed)"] = baselines[
+                "condition_sensitivity"
+            ]
     view["Protocol"] = metrics["protocol"]
     return view
+
+
+def _without_ci(table: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {
+        row: {k: v for k, v in vals.items() if not k.endswith((".ci_low", ".ci_high"))}
+        for row, vals in table.items()
+    }
 
 
 def comparison_tables(metrics: Mapping[str, Any]) -> list[Any]:
@@ -505,7 +566,41 @@ def comparison_tables(metrics: Mapping[str, Any]) -> list[Any]:
             for name, scores in PUBLISHED_RECONSTRUCTION.items():
                 rtable.add_row(name, *(_num(scores.get(m)) for m in columns), style="dim")
         tables.append(rtable)
+        baselines = metrics.get("reconstruction_baselines", {})
+        if baselines:
+            tables.append(_baseline_table(recon, baselines, columns, random_init))
     return tables
+
+
+def _baseline_table(
+    recon: Mapping[str, Any],
+    baselines: Mapping[str, Any],
+    columns: list[str],
+    random_init: set[str],
+) -> Any:
+    """Model vs floor vs ceiling per metric, with the condition sensitivity in the caption."""
+    from rich.table import Table
+
+    rows = baseline_rows(dict(recon), dict(baselines), columns)
+    sens = baselines.get("condition_sensitivity", {}).get(MEAN_ROW)
+    caption = (
+        f"condition sensitivity {sens['condition_sensitivity']:.2f} (pixel change when the EEG is "
+        f"swapped {sens['pixel_change_eeg_swapped']:.3f} / when only the seed changes "
+        f"{sens['pixel_change_seed_changed']:.3f}; >= 1: the EEG decides the image)"
+        if sens
+        else None
+    )
+    table = Table(
+        title=BASELINE_TITLE,
+        caption=caption,
+    )
+    table.add_column("metric")
+    for name in next(iter(rows.values()), {}):
+        table.add_column(name, justify="right")
+    for metric, cells in rows.items():
+        arrow = "↑" if HIGHER_IS_BETTER[metric] else "↓"
+        table.add_row(f"{metric} {arrow}" + ("*" if metric in random_init else ""), *cells.values())
+    return table
 
 
 def _pct(value: float | None) -> str:
@@ -548,7 +643,8 @@ def log_to_mlflow(
     active = mlflow.active_run()
     if active is None and not cfg.experiment.tracking:
         return None
-    flat = flatten({k: metrics[k] for k in ("summary", "retrieval", "reconstruction")}, sep="/")
+    keys = ("summary", "retrieval", "reconstruction", "reconstruction_baselines")
+    flat = flatten({k: metrics[k] for k in keys if k in metrics}, sep="/")
     numbers = to_mlflow_metrics(
         {k: v for k, v in flat.items() if isinstance(v, int | float) and not isinstance(v, bool)},
         prefix="test/",

@@ -30,6 +30,7 @@ from sgdm_dist.data import DataError
 from sgdm_dist.data.io import atomic_write_text
 from sgdm_dist.data.loader import ShardStream, select_shards
 from sgdm_dist.data.manifest import Manifest, read_manifest
+from sgdm_dist.data.samples import SampleSpec
 from sgdm_dist.models import SGDM
 from sgdm_dist.report import save_image_grid
 
@@ -59,6 +60,7 @@ class SamplingOptions:
     scheduler: Literal["ddim", "dpm++"] = "ddim"
     seed: int = 0
     batch_size: int = 16
+    strength: float | None = None  # img2img start from the EEG's structure; None → model default
 
 
 # ------------------------------------------------------------------------------------ the model
@@ -296,7 +298,7 @@ def read_split(
         resampled=False,
         drop_last=False,
         skip_corrupt=False,
-        eeg_shape=(manifest.n_channels, manifest.n_times),
+        spec=SampleSpec.from_manifest(manifest),
     )
     loader = EEGLoader(stream, num_workers, manifest)
     concepts = manifest.splits[split].concepts
@@ -380,7 +382,7 @@ def sample_images(
     another batch size starts from the same noise; batched float maths may then differ in the last
     bits (at most about one 8-bit level per pixel).
     """
-    total = math.ceil(eeg.shape[0] / options.batch_size) * options.steps
+    total = math.ceil(eeg.shape[0] / options.batch_size) * options.steps  # at most (img2img: fewer)
     with _denoising_progress(model, total, desc, progress):
         images = model.reconstruct(
             eeg,
@@ -391,6 +393,7 @@ def sample_images(
             scheduler=options.scheduler,
             seed=options.seed,
             batch_size=options.batch_size,
+            strength=options.strength,
         )
     return images.float().cpu()
 

@@ -3,7 +3,9 @@
 MLflow stores this file with the model and runs it at load time; ``set_model`` at the bottom tells
 MLflow which object is the model. The weights, configs and VAE travel as one artifact folder
 (``context.artifacts["sgdm"]``, the layout of ``{output_dir}/model/`` plus ``vae/``), verified
-against its ``checksums.json`` before anything is loaded.
+against its ``checksums.json`` before anything is loaded, and that list against the sha256 the
+registry recorded (:mod:`sgdm_dist.pyfunc_verify`; this file itself can only be vouched for by
+``pyfunc_verify.load_verified``, which checks it before MLflow runs it).
 
 ``predict`` input: ``{"eeg": float32 [B, C, T], "subject": int64 [B]}`` (a dict of arrays, or a
 DataFrame with those columns); subject ids are 1-based and ids the model was not trained on fall
@@ -14,6 +16,7 @@ Device: ``mlflow.pyfunc.load_model(uri, model_config={"device": "cpu"})``; defau
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -38,18 +41,23 @@ class SGDMPyfunc(PythonModel):
     def load_context(self, context: Any) -> None:
         import torch
 
+        from sgdm_dist.checksums import verify_folder
         from sgdm_dist.models import SGDM
-        from sgdm_dist.registry import load_vae_for_model, verify_folder
+        from sgdm_dist.pyfunc_verify import anchored_digest, describe
 
         root = Path(context.artifacts[ARTIFACT_KEY])
-        verify_folder(root)
+        config = getattr(context, "model_config", None) or {}
+        digest = anchored_digest(root, config)  # before any weight or config is read
+        verify_folder(root, expected_digest=digest)
+        level = logging.INFO if digest else logging.WARNING
+        logging.getLogger(__name__).log(level, "SGDM pyfunc %s: %s", root, describe(digest))
         # load_model(..., model_config={"device": "cpu"}) pins the device; default: a GPU if any.
-        wanted = (getattr(context, "model_config", None) or {}).get("device", "auto")
+        wanted = config.get("device", "auto")
         if wanted == "auto":
             wanted = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(wanted)
         self.model = SGDM.from_pretrained(root, device=self.device).eval()
-        self.vae = load_vae_for_model(root).to(self.device).eval()
+        self.vae = _load_vae(root).to(self.device).eval()
 
     # model_input stays unannotated: MLflow has no type hint for a dict of named tensors, and the
     # tensor signature logged with the model already validates the input (MLflow warns about it).
@@ -71,6 +79,23 @@ class SGDMPyfunc(PythonModel):
             batch_size=int(p["batch_size"]),
         )
         return images.cpu().numpy().astype(np.float32)
+
+
+def _load_vae(root: Path) -> Any:
+    """The VAE bundled as ``vae/`` (default), else the one of the shards named in experiment.yaml."""
+    from diffusers import AutoencoderKL
+
+    if (root / "vae" / "config.json").is_file():
+        return AutoencoderKL.from_pretrained(root / "vae", use_safetensors=True)
+    import yaml
+
+    from sgdm_dist.data.features import load_vae
+
+    trained = yaml.safe_load((root / "experiment.yaml").read_text()) or {}
+    shard_dir = (trained.get("data") or {}).get("shard_dir")
+    if not shard_dir:
+        raise ValueError(f"{root}: no vae/ folder and no data.shard_dir in experiment.yaml")
+    return load_vae(shard_dir)
 
 
 def _arrays(model_input: Any, n_channels: int, n_times: int) -> tuple[np.ndarray, np.ndarray]:

@@ -64,12 +64,18 @@ def save_image_grid(
 
 
 def comparison_grid(
-    images: Tensor, recons: Tensor, max_rows: int = 24, cell: int = 128, max_columns: int = 8
+    images: Tensor,
+    recons: Tensor,
+    max_rows: int = 24,
+    cell: int = 128,
+    max_columns: int = 8,
+    recon_labels: Sequence[str] | None = None,
 ) -> Image.Image:
     """Stimulus | reconstruction(s) groups, as many side by side as fit in ``max_columns`` cells.
 
-    images: [N, 3, H, W]; recons: [N, 3, H', W'] or [N, R, 3, H', W'] (R samples per stimulus), both
-    in [0, 1]. Every cell is resized to ``cell`` px so small reconstructions stay visible.
+    images: [N, 3, H, W]; recons: [N, 3, H', W'] or [N, R, 3, H', W'] (R samples per stimulus, e.g.
+    one per subject, named by ``recon_labels`` [R]), both in [0, 1]. Every cell is resized to
+    ``cell`` px so small reconstructions stay visible.
     """
     _check_images(images, "images")
     if recons.ndim == 4:
@@ -86,6 +92,8 @@ def comparison_grid(
     _check_images(recons.flatten(0, 1), "recons")
     n = min(images.shape[0], max_rows)
     n_rec = recons.shape[1]
+    if recon_labels is not None and len(recon_labels) != n_rec:
+        raise ValueError(f"recon_labels has {len(recon_labels)} entries for {n_rec} recons")
     groups_per_row = max(1, max_columns // (1 + n_rec))
     cells = []
     labels = []
@@ -94,7 +102,10 @@ def comparison_grid(
         labels.append(f"stimulus {i}")
         for r in range(n_rec):
             cells.append(_fit(recons[i, r], cell))
-            labels.append(f"recon {r}" if n_rec > 1 else "reconstruction")
+            if recon_labels is not None:
+                labels.append(recon_labels[r])
+            else:
+                labels.append(f"recon {r}" if n_rec > 1 else "reconstruction")
     return image_grid(torch.stack(cells), nrow=groups_per_row * (1 + n_rec), labels=labels)
 
 
@@ -144,6 +155,41 @@ def similarity_plot(
     return Image.open(buf).convert("RGB")
 
 
+def retrieval_examples(
+    similarity: Tensor, target_index: Tensor, candidates: Tensor, rows: int = 8, k: int = 5
+) -> Image.Image:
+    """One row per prediction (evenly spaced over ``similarity``'s rows): the image seen, then the
+    top-``k`` candidates by similarity, the true one framed in green. similarity [N, M],
+    target_index [N], candidates [M, 3, H, W] in [0, 1]."""
+    _check_images(candidates, "candidates")
+    if similarity.shape[1] != candidates.shape[0]:
+        raise ValueError(
+            f"similarity has {similarity.shape[1]} candidates, candidates {candidates.shape[0]}"
+        )
+    k = min(k, candidates.shape[0])
+    picks = torch.linspace(0, similarity.shape[0] - 1, min(rows, similarity.shape[0])).round()
+    cells, labels = [], []
+    for row in picks.long().tolist():
+        truth = int(target_index[row])
+        cells.append(_fit(candidates[truth], 96))
+        labels.append(f"trial {row}: seen")
+        for rank, c in enumerate(similarity[row].topk(k).indices.tolist(), 1):
+            cell = _fit(candidates[c], 96)
+            if c == truth:
+                cell = _frame(cell, (0.0, 0.8, 0.0))
+            cells.append(cell)
+            labels.append(f"top-{rank}" + (" (true)" if c == truth else ""))
+    return image_grid(torch.stack(cells), nrow=k + 1, labels=labels)
+
+
+def _frame(image: Tensor, rgb: tuple[float, float, float], width: int = 5) -> Tensor:
+    out = image.clone()
+    colour = torch.tensor(rgb)[:, None, None]
+    out[:, :width], out[:, -width:] = colour, colour
+    out[:, :, :width], out[:, :, -width:] = colour, colour
+    return out
+
+
 def write_report(
     out_dir: str | Path,
     metrics: Mapping[str, Any],
@@ -153,14 +199,17 @@ def write_report(
     title: str = "sgdm-dist evaluation",
     max_images: int = 24,
     target_index: Tensor | None = None,
+    recon_labels: Sequence[str] | None = None,
+    retrieval_images: Tensor | None = None,
 ) -> Path:
     """Write ``out_dir/report.html`` (self-contained) and return its path.
 
     metrics: scalars, and/or groups {name: {metric: value}}; a group whose values are all dicts
     (e.g. {subject: {metric: value}}) becomes one comparison table with a row per entry.
     ``<metric>.random_init`` flags mark metrics from randomly initialised backbones.
-    images/recons: see ``comparison_grid``; similarity: [N, M] retrieval similarities, with
-    target_index [N] the true candidate of each row (circled in the plot).
+    images/recons/recon_labels: see ``comparison_grid``; similarity: [N, M] retrieval similarities,
+    with target_index [N] the true candidate of each row (circled in the plot); retrieval_images
+    [M, 3, H, W]: the candidates, for the retrieval-examples figure (trial → its top-5 images).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -177,7 +226,7 @@ def write_report(
     for name, group in _groups(metrics):
         parts.append(_table(name, group, set(random_metrics)))
     if images is not None and recons is not None:
-        grid = comparison_grid(images, recons, max_rows=max_images)
+        grid = comparison_grid(images, recons, max_rows=max_images, recon_labels=recon_labels)
         shown = min(images.shape[0], max_images)
         parts.append("<h2>Reconstructions</h2>")
         parts.append(
@@ -194,6 +243,14 @@ def write_report(
                 + ("; white circle: true image" if target_index is not None else ""),
             )
         )
+        if retrieval_images is not None and target_index is not None:
+            parts.append(
+                _figure(
+                    retrieval_examples(similarity, target_index, retrieval_images),
+                    "retrieval examples: the image seen, then the trial's top-5 candidates "
+                    "(green frame: the true image)",
+                )
+            )
     page = _PAGE.format(title=_e(title), body="\n".join(parts))
     path = out_dir / "report.html"
     atomic_write(path, lambda tmp: tmp.write_bytes(page.encode("utf-8")))

@@ -58,7 +58,7 @@ class Tracker:
         *,
         enabled: bool = True,
         retry_seconds: float = 2.0,
-        request_timeout: int = 5,
+        request_timeout: float = 5.0,
     ) -> None:
         self.enabled = enabled
         self.uri = uri
@@ -70,11 +70,15 @@ class Tracker:
         self._retry_seconds = retry_seconds
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=10_000)
         self._warned = False
+        self._close_at_least = 0.0
         self._thread: threading.Thread | None = None
+        self._given_up = False
         if enabled:
-            # MLflow's own HTTP retries would block a call for minutes; we retry ourselves.
-            os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-            os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(request_timeout))
+            # MLflow's own HTTP retries would block a call for minutes; we retry ourselves. MLflow
+            # reads these only from the environment; set, not setdefault: an inherited
+            # MLFLOW_HTTP_REQUEST_TIMEOUT=120 must not outlast the configured bound.
+            os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
+            os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(max(1, round(request_timeout)))
             self._thread = threading.Thread(target=self._work, name="mlflow-tracker", daemon=True)
             self._thread.start()
             self._submit(self._start_run)
@@ -97,13 +101,23 @@ class Tracker:
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         self._submit(lambda c: c.log_artifact(self.run_id, str(path), artifact_path))
 
+    def log_model(self, model_dir: Path, upload_timeout: float = 1800.0) -> None:
+        """Upload the exported model (weights, configs, data manifest, VAE, checksums) to this
+        run, for `sgdm register --run RUN_ID` (:mod:`sgdm_dist.registry.lineage`). :meth:`close` then waits
+        up to ``upload_timeout`` s for it instead of its usual deadline."""
+        from sgdm_dist.registry.lineage import upload_model
+
+        if self.enabled:
+            self._close_at_least = max(self._close_at_least, upload_timeout)
+        self._submit(lambda c: upload_model(c, self.run_id, model_dir))
+
     def close(self, status: str = "FINISHED", timeout: float = 30.0) -> bool:
         """Flush and end the run; True when everything reached the server."""
         if not self.enabled or self._thread is None:
             return True
         self._submit(lambda c: c.set_terminated(self.run_id, status))
         self._queue.put(_STOP)
-        self._thread.join(timeout)
+        self._thread.join(max(timeout, self._close_at_least))
         pending = self._queue.qsize() + (1 if self._thread.is_alive() else 0)
         lost = self.dropped + pending
         if lost:
@@ -135,6 +149,9 @@ class Tracker:
             item = self._queue.get()
             if item is _STOP:
                 return
+            if self._given_up:  # stop requested and the server failed: don't try the rest
+                self.dropped += 1
+                continue
             while True:
                 try:
                     item(client)
@@ -153,7 +170,9 @@ class Tracker:
                         self._warned = True
                     stopping = stopping or _stop_requested(self._queue)
                     if stopping:
+                        # At most one request timeout after close(), even on a silent server.
                         self.dropped += 1
+                        self._given_up = True
                         break
                     time.sleep(
                         self._retry_seconds

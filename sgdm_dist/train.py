@@ -1,56 +1,70 @@
 """The training loop: one Accelerate loop for DDP, FSDP and DeepSpeed ZeRO-2/3.
 
-Reads top to bottom: set up → resume → for each optimiser step: forward/backward, clip, step, EMA,
-log, validate, checkpoint → export. Strategy, precision and process count come from the accelerate
-config the job was launched with (``configs/accelerate/*.yaml``, ``launch/train.sh``).
+Reads top to bottom: :func:`train` = set up → resume → loop → finish. Each optimiser step: forward,
+backward, clip, step, EMA; at a cadence the ranks agree on the stop signal and finite losses
+(sgdm_dist/train_guard.py), then log, validate, checkpoint. The alignment stage trains its own
+engine; the diffusion stage rebuilds it around the whole model (sgdm_dist/stages.py). Strategy,
+precision and process count come from the accelerate config the job was launched with
+(``configs/accelerate/*.yaml``, ``launch/train.sh``).
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import signal
-import threading
-import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
-from diffusers.optimization import get_scheduler
 from tqdm.auto import tqdm
 
-from sgdm_dist import __version__
+from sgdm_dist.atomic import atomic_write
 from sgdm_dist.checkpoint import (
     CheckpointError,
     TrainerState,
     complete_checkpoints,
-    load_checkpoint,
-    resolve_resume,
+    resume_checkpoint,
     save_checkpoint,
 )
 from sgdm_dist.config import Config
-from sgdm_dist.data.loader import make_loader
-from sgdm_dist.data.manifest import Manifest, manifest_hash, manifest_json, read_manifest
+from sgdm_dist.data.manifest import Manifest, manifest_json, read_manifest
 from sgdm_dist.distributed import (
     LaunchRequest,
     check_replicas,
-    is_zero3,
     make_accelerator,
-    register_zero3_external_params,
+    micro_batch_seed,
 )
 from sgdm_dist.ema import EMA
 from sgdm_dist.models import SGDM, build_model
-from sgdm_dist.tracking import Tracker, default_tracking_uri
-from sgdm_dist.validation import reconstruction_grid, validate_retrieval
+from sgdm_dist.selection import Selection, resolve_epochs
+from sgdm_dist.stages import (
+    Engine,
+    Group,
+    build_engine,
+    eval_copy,
+    group_of,
+    switch_engine,
+)
+from sgdm_dist.step import epoch_batches, train_step
+from sgdm_dist.tracking import Tracker
+from sgdm_dist.train_guard import NonFiniteLossError, StepGuard, StopSignal
+from sgdm_dist.train_log import (
+    MetricsFile,
+    Throughput,
+    grad_norm_value,
+    reduce_terms,
+    start_tracking,
+)
+from sgdm_dist.validation import final_grid, validate_retrieval
 
 log = logging.getLogger(__name__)
 
 EvalHook = Callable[[int, SGDM], dict[str, float]]
 PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM: "stopped by a signal", so a job controller restarts it
+__all__ = ["PREEMPTED_EXIT_CODE", "NonFiniteLossError", "Preempted", "TrainResult", "train"]
 
 
 class Preempted(Exception):
@@ -71,6 +85,29 @@ class TrainResult:
     metrics: dict[str, float]
 
 
+@dataclass
+class _Run:
+    """Everything one training run holds; the functions below read and update it."""
+
+    cfg: Config
+    accelerator: Accelerator
+    manifest: Manifest
+    engine: Engine
+    ema: EMA | None
+    state: TrainerState
+    guard: StepGuard
+    tracker: Tracker | None = None
+    history: MetricsFile | None = None
+    progress: Any = None
+    on_eval: EvalHook | None = None
+    last_metrics: dict[str, float] = field(default_factory=dict)
+    selection: Selection | None = None  # best weights / early stopping (sgdm_dist/selection.py)
+
+    @property
+    def ckpt_root(self) -> Path:
+        return self.cfg.experiment.output_dir / "checkpoints"
+
+
 def train(
     cfg: Config,
     *,
@@ -85,12 +122,44 @@ def train(
     copy of the model (EMA weights when enabled) in eval mode; the metrics it returns are logged
     with the built-in ones (Ray Tune reports held-out-subject scores through it).
     """
-    accelerator = make_accelerator(cfg, request or LaunchRequest.from_env())
-    set_seed(cfg.experiment.seed)
-    out_dir = cfg.experiment.output_dir
+    run = _setup(cfg, request or LaunchRequest.from_env(), on_eval)
+    cfg = run.cfg  # train.align_epochs resolved to steps
+    _resume(run, resume)
+    run.tracker = start_tracking(cfg, run.accelerator, run.manifest, env_tracking_uri)
+    run.history = MetricsFile(
+        cfg.experiment.output_dir / "metrics.jsonl", run.accelerator.is_main_process
+    )
+    run.progress = tqdm(
+        total=run.cfg.train.total_steps,
+        initial=run.state.step,
+        disable=not run.accelerator.is_main_process,
+        desc="train",
+        unit="step",
+    )
+    status = "FAILED"
+    try:
+        _loop(run)
+        result = _finish(run)
+        status = "FINISHED"
+        return result
+    except Preempted:
+        status = "KILLED"
+        raise
+    finally:
+        run.progress.close()
+        run.guard.stop.restore()
+        run.tracker.close(status, timeout=cfg.experiment.tracking_close_timeout_s)
+        run.accelerator.wait_for_everyone()
+        run.accelerator.end_training()
+
+
+def _setup(cfg: Config, request: LaunchRequest, on_eval: EvalHook | None) -> _Run:
+    """Accelerator, data manifest, and the engine of the first stage (fresh weights)."""
+    accelerator = make_accelerator(cfg, request)
+    set_seed(cfg.experiment.seed)  # the initial weights: identical on every rank
     manifest = read_manifest(cfg.data.shard_dir)
     manifest.check_compatible(cfg)
-
+    cfg = resolve_epochs(cfg, manifest, accelerator.num_processes)
     model = build_model(
         cfg.model,
         n_channels=manifest.n_channels,
@@ -99,356 +168,223 @@ def train(
     )
     if cfg.train.gradient_checkpointing:
         model.enable_gradient_checkpointing()
-    optimizer = torch.optim.AdamW(
-        [p for p in model.parameters() if p.requires_grad],
-        lr=cfg.train.lr,
-        betas=cfg.train.adam_betas,
-        weight_decay=cfg.train.weight_decay,
+    engine = build_engine(accelerator, cfg, model, group_of(cfg.train.stage_at(0)), 0)
+    log.info(
+        "training on %d process(es): %s, mixed precision %s",
+        accelerator.num_processes,
+        accelerator.distributed_type,
+        accelerator.mixed_precision,
     )
-    lr_scheduler = get_scheduler(
-        cfg.train.lr_schedule,
-        optimizer,
-        num_warmup_steps=cfg.train.warmup_steps,
-        num_training_steps=cfg.train.total_steps,
+    guard = StepGuard(
+        accelerator,
+        StopSignal.install(),
+        policy=cfg.train.nonfinite,
+        limit=cfg.train.nonfinite_limit,
     )
-    model, optimizer, lr_scheduler = accelerator.prepare(model, optimizer, lr_scheduler)
-    register_zero3_external_params(accelerator, model)
-    ema = None
-    if cfg.train.ema_decay is not None:
-        ema = EMA(
-            accelerator.unwrap_model(model),
-            cfg.train.ema_decay,
-            keep=accelerator.is_main_process,
-            zero3=is_zero3(accelerator),
-        )
+    selection = Selection(cfg)
+    run = _Run(cfg, accelerator, manifest, engine, None, TrainerState(), guard)
+    run.on_eval, run.selection = selection.hook(on_eval), selection
+    run.ema = _new_ema(run)
+    return run
 
-    ckpt_root = out_dir / "checkpoints"
-    state = TrainerState()
-    start_from = resolve_resume(ckpt_root, resume)
-    if start_from is None and complete_checkpoints(ckpt_root):
+
+def _new_ema(run: _Run) -> EMA | None:
+    """EMA of the engine's weights (sharded like them; sgdm_dist/ema.py)."""
+    if run.cfg.train.ema_decay is None:
+        return None
+    unwrapped = run.accelerator.unwrap_model(run.engine.model)
+    return EMA(unwrapped, run.cfg.train.ema_decay, keep=run.accelerator.is_main_process)
+
+
+def _resume(run: _Run, resume: str | None) -> None:
+    """Load ``resume`` (``auto``: the newest checkpoint that loads, walking back past damaged ones)
+    into an engine of the stage that wrote it."""
+    if resume is None and complete_checkpoints(run.ckpt_root):
         # A fresh run would interleave its checkpoints with the earlier run's.
         raise CheckpointError(
-            f"{ckpt_root} holds checkpoints of an earlier run: pass --resume auto to continue it, "
-            "or set another experiment.output_dir"
+            f"{run.ckpt_root} holds checkpoints of an earlier run: pass --resume auto to continue "
+            "it, or set another experiment.output_dir"
         )
+    state, start_from = resume_checkpoint(
+        run.accelerator, run.ckpt_root, resume, run.ema, prepare=lambda s: _prepare_for(run, s)
+    )
     if start_from is not None:
-        state = load_checkpoint(accelerator, start_from, ema)
+        run.state = state
         log.info("resumed from %s at step %d", start_from, state.step)
 
-    tracker = _start_tracking(cfg, accelerator, manifest, env_tracking_uri)
-    stop = _StopFlag.install()
-    history = _MetricsFile(out_dir / "metrics.jsonl", enabled=accelerator.is_main_process)
-    progress = tqdm(
-        total=cfg.train.total_steps,
-        initial=state.step,
-        disable=not accelerator.is_main_process,
-        desc="train",
-        unit="step",
-    )
-    last_metrics: dict[str, float] = {}
-    status = "FAILED"
-    try:
-        model.train()
-        window = _Throughput()
-        while state.step < cfg.train.total_steps:
-            for batch in _epoch_batches(cfg, accelerator, state):
-                stage = cfg.train.stage_at(state.step)
-                out, grad_norm = train_step(
-                    accelerator, model, optimizer, batch, stage, cfg.train.max_grad_norm
-                )
-                state.batch_in_epoch += 1
-                state.samples_seen += batch["eeg"].shape[0] * accelerator.num_processes
-                window.add(batch["eeg"].shape[0] * accelerator.num_processes)
-                if not accelerator.sync_gradients:
-                    continue
 
-                lr_scheduler.step()
-                state.step += 1
-                if ema is not None:
-                    ema.update(accelerator.unwrap_model(model))
-                progress.update(1)
+def _prepare_for(run: _Run, state: TrainerState) -> EMA | None:
+    """Make the engine the one that wrote a checkpoint at ``state.step`` (the stage of its last
+    step) and return the EMA to load it into; collective."""
+    _switch_to(run, group_of(run.cfg.train.stage_at(max(state.step - 1, 0))), state.step)
+    return run.ema
 
-                if state.step % cfg.train.log_every == 0 or state.step == cfg.train.total_steps:
-                    logged = _reduce_terms(accelerator, out)
-                    logged.update(
-                        lr=lr_scheduler.get_last_lr()[0],
-                        samples_per_s=window.rate(),
-                        epoch=state.epoch,
-                        stage=1.0 if stage == "align" else 2.0,
-                    )
-                    if grad_norm is not None:
-                        logged["grad_norm"] = grad_norm
-                    if torch.cuda.is_available():
-                        logged["gpu_mem_gb"] = torch.cuda.max_memory_allocated() / 2**30
-                    tracker.log_metrics(logged, state.step)
-                    history.write(state.step, logged)
-                    progress.set_postfix(
-                        loss=f"{logged['loss']:.4f}", sps=f"{logged['samples_per_s']:.0f}"
-                    )
-                    last_metrics.update(logged)
 
-                if state.step % cfg.train.eval_every == 0 or state.step == cfg.train.total_steps:
-                    val = _validate(cfg, accelerator, model, ema, state.step, on_eval)
-                    if val:
-                        tracker.log_metrics(val, state.step)
-                        history.write(state.step, val)
-                        last_metrics.update(val)
+def _enter_stage(run: _Run, stage: str) -> None:
+    """At the stage switch: rebuild the engine around what this stage trains; collective."""
+    if group_of(stage) != run.engine.group:
+        log.info("step %d: stage %s starts; engine rebuilt", run.state.step, stage)
+        _switch_to(run, group_of(stage), run.state.step)
 
-                if state.step % cfg.train.checkpoint_every == 0:
-                    save_checkpoint(accelerator, ckpt_root, state, ema, cfg.train.keep_last)
-                if stop.agreed(accelerator):
-                    ckpt = save_checkpoint(accelerator, ckpt_root, state, ema, cfg.train.keep_last)
-                    status = "KILLED"
-                    raise Preempted(ckpt, state.step)
-                if state.step >= cfg.train.total_steps:
-                    break
-            else:
-                state.epoch += 1
-                state.batch_in_epoch = 0
 
-        fingerprint = check_replicas(accelerator, model)
-        if fingerprint is not None and accelerator.num_processes > 1:
-            log.info(
-                "replicas identical on %d ranks (fingerprint %.10e)",
-                accelerator.num_processes,
-                fingerprint,
+def _switch_to(run: _Run, group: Group, step: int) -> None:
+    if group == run.engine.group:
+        return
+    run.engine = switch_engine(run.accelerator, run.cfg, run.engine, group, step)
+    if run.ema is not None:  # shadows carry over by name; new parameters start from their weights
+        run.ema.track(run.accelerator.unwrap_model(run.engine.model))
+
+
+def _loop(run: _Run) -> None:
+    """Optimiser steps until ``train.total_steps``; epochs replay from the resumed position."""
+    cfg, state, accelerator = run.cfg, run.state, run.accelerator
+    window = Throughput()
+    micro = 0  # micro-batches since the last optimiser step
+    run.engine.model.train()
+    while state.step < cfg.train.total_steps and not run.selection.stopped:
+        for batch in epoch_batches(cfg, accelerator, state):
+            stage = cfg.train.stage_at(state.step)
+            _enter_stage(run, stage)
+            # Each rank's own noise/timestep/dropout stream, a function of (seed, rank, step).
+            torch.manual_seed(
+                micro_batch_seed(cfg.experiment.seed, accelerator.process_index, state.step, micro)
             )
-        final_ckpt = save_checkpoint(accelerator, ckpt_root, state, ema, cfg.train.keep_last)
-        model_dir = _export(cfg, accelerator, model, ema, out_dir / "model", manifest)
-        grid = _reconstruction_grid(cfg, accelerator, model_dir, out_dir)
-        if grid is not None:
-            tracker.log_artifact(grid, "reconstructions")
-        if model_dir is not None:
-            tracker.log_artifact(model_dir / "experiment.yaml")
-        status = "FINISHED"
-        return TrainResult(state.step, model_dir, final_ckpt, tracker.run_id, last_metrics)
-    finally:
-        progress.close()
-        stop.restore()
-        tracker.close(status)
-        accelerator.wait_for_everyone()
-        accelerator.end_training()
+            engine = run.engine
+            out, grad_norm = train_step(
+                accelerator,
+                engine.model,
+                engine.optimizer,
+                batch,
+                stage,
+                cfg.train.max_grad_norm,
+                guard=run.guard,
+                step=state.step,
+            )
+            micro += 1
+            state.batch_in_epoch += 1
+            n = batch["eeg"].shape[0] * accelerator.num_processes
+            state.samples_seen += n
+            window.add(n)
+            if not accelerator.sync_gradients:
+                continue
+            micro = 0
+            _after_step(run, stage, out, grad_norm, window)
+            if state.step >= cfg.train.total_steps or run.selection.stopped:
+                break
+        else:
+            state.epoch += 1
+            state.batch_in_epoch = 0
 
 
-def train_step(
-    accelerator: Accelerator,
-    model: Any,
-    optimizer: torch.optim.Optimizer,
-    batch: dict[str, Any],
-    stage: str,
-    max_grad_norm: float | None,
-) -> tuple[dict[str, torch.Tensor], float | None]:
-    """One micro-batch: forward, backward, and — at an accumulation boundary — clip and step.
+def _after_step(
+    run: _Run, stage: str, out: dict[str, torch.Tensor], grad_norm: Any, window: Throughput
+) -> None:
+    """Schedule, EMA; then — only at their cadence — agree, log, validate, checkpoint, stop."""
+    cfg, state = run.cfg, run.state
+    run.engine.scheduler.step()
+    state.step += 1
+    if run.ema is not None:
+        run.ema.update(run.accelerator.unwrap_model(run.engine.model))
+    run.progress.update(1)
+    last = state.step == cfg.train.total_steps
+    log_now = state.step % cfg.train.log_every == 0 or last
+    eval_now = state.step % cfg.train.eval_every == 0 or last
+    save_now = state.step % cfg.train.checkpoint_every == 0
+    stop = False
+    if log_now or eval_now or save_now or state.step % cfg.train.sync_every == 0:
+        stop = run.guard.agree(state.step)  # raises NonFiniteLossError before anything is saved
+    if log_now:
+        _log_step(run, stage, out, grad_norm, window)
+    if eval_now:
+        _record(run, _validate(run))
+        run.selection.check_stop(run.accelerator)  # early stopping: collective
+    if save_now:
+        save_checkpoint(run.accelerator, run.ckpt_root, state, run.ema, cfg.train.keep_last)
+    if stop:
+        ckpt = save_checkpoint(run.accelerator, run.ckpt_root, state, run.ema, cfg.train.keep_last)
+        raise Preempted(ckpt, state.step)
 
-    Returns the model's loss terms and the gradient norm (None between boundaries or unclipped).
-    """
-    grad_norm = None
-    with accelerator.accumulate(model):
-        out = model(batch, stage=stage)
-        accelerator.backward(out["loss"])
-        if accelerator.sync_gradients and max_grad_norm is not None:
-            grad_norm = accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-    return out, None if grad_norm is None else float(grad_norm)
 
-
-# ---------------------------------------------------------------------------------------------
-# data
-
-
-def _epoch_batches(cfg: Config, accelerator: Accelerator, state: TrainerState) -> Iterator[dict]:
-    """Batches of ``state.epoch`` on this rank, skipping those a resumed run already consumed.
-
-    Ranks can hold different numbers of batches (whole shards go to each rank); every rank stops
-    at the first batch any rank lacks, or DDP's collectives would wait forever.
-    """
-    loader = make_loader(
-        cfg,
-        "train",
-        rank=accelerator.process_index,
-        world_size=accelerator.num_processes,
-        epoch=state.epoch,
-        subjects=cfg.train.subjects,
+def _finish(run: _Run) -> TrainResult:
+    """Replica check, last checkpoint, export, reconstruction grid; collective."""
+    accelerator = run.accelerator
+    fingerprint = check_replicas(accelerator, run.engine.model)
+    if fingerprint is not None and accelerator.num_processes > 1:
+        log.info(
+            "replicas identical on %d ranks (fingerprint %.10e)",
+            accelerator.num_processes,
+            fingerprint,
+        )
+    final_ckpt = save_checkpoint(
+        accelerator, run.ckpt_root, run.state, run.ema, run.cfg.train.keep_last
     )
-    batches = iter(loader)
-    for _ in range(state.batch_in_epoch):
-        if next(batches, None) is None:
-            break
-    while True:
-        batch = next(batches, None)
-        exhausted = torch.tensor([float(batch is None)], device=accelerator.device)
-        if accelerator.reduce(exhausted, reduction="sum").item() > 0:
-            return
-        yield {k: v.to(accelerator.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+    out_dir = run.cfg.experiment.output_dir
+    model_dir = _export(run, out_dir / "model")
+    grid = final_grid(run.cfg, accelerator, model_dir, out_dir)
+    if grid is not None:
+        run.tracker.log_artifact(grid, "reconstructions")
+    if model_dir is not None:
+        run.tracker.log_artifact(model_dir / "experiment.yaml")
+        run.tracker.log_model(model_dir)  # for `sgdm register --run RUN_ID` (registry/lineage.py)
+    return TrainResult(run.state.step, model_dir, final_ckpt, run.tracker.run_id, run.last_metrics)
 
 
 # ---------------------------------------------------------------------------------------------
 # logging, validation, export
 
 
-def _reduce_terms(accelerator: Accelerator, out: dict[str, torch.Tensor]) -> dict[str, float]:
-    names = sorted(out)
-    values = torch.stack([out[n].detach().float().reshape(()) for n in names])
-    values = accelerator.reduce(values, reduction="mean")
-    return {n: float(v) for n, v in zip(names, values, strict=True)}
+def _log_step(
+    run: _Run, stage: str, out: dict[str, torch.Tensor], grad_norm: Any, window: Throughput
+) -> None:
+    """Reduce the loss terms over ranks and log them (a logging step: host syncs are fine here)."""
+    logged = reduce_terms(run.accelerator, out)
+    logged.update(
+        lr=run.engine.scheduler.get_last_lr()[0],
+        samples_per_s=window.rate(),
+        epoch=run.state.epoch,
+        stage=1.0 if stage == "align" else 2.0,
+    )
+    norm = grad_norm_value(run.accelerator, grad_norm)
+    if norm is not None:
+        logged["grad_norm"] = norm
+    if run.guard.skipped:
+        logged["nonfinite_skipped"] = float(run.guard.skipped)
+    if torch.cuda.is_available():
+        logged["gpu_mem_gb"] = torch.cuda.max_memory_allocated() / 2**30
+    run.progress.set_postfix(loss=f"{logged['loss']:.4f}", sps=f"{logged['samples_per_s']:.0f}")
+    _record(run, logged)
 
 
-def _eval_copy(cfg: Config, accelerator: Accelerator, model: Any, ema: EMA | None) -> SGDM | None:
-    """Full weights (EMA when enabled) in a fresh single-process model on rank 0; collective.
-
-    Gathering a state dict works the same for DDP, FSDP and ZeRO-3, so validation and export never
-    run a forward pass through a sharded engine on one rank only.
-    """
-    state_dict = accelerator.get_state_dict(model)
-    if not accelerator.is_main_process:
-        return None
-    unwrapped = accelerator.unwrap_model(model)
-    # Building a model draws from the global RNG; fork it so validating never changes what training
-    # draws next (a resumed run must replay the same noise and dropout).
-    with torch.random.fork_rng(devices=[]):
-        copy = build_model(
-            cfg.model,
-            n_channels=unwrapped.n_channels,
-            n_times=unwrapped.n_times,
-            n_subjects=unwrapped.n_subjects,
-        )
-    state_dict = {k: v.detach().float().cpu() for k, v in state_dict.items()}
-    if ema is not None:
-        state_dict.update(ema.shadow)
-    copy.load_state_dict(state_dict)
-    return copy.to(accelerator.device).eval()
+def _record(run: _Run, metrics: dict[str, float]) -> None:
+    if metrics:
+        run.tracker.log_metrics(metrics, run.state.step)
+        run.history.write(run.state.step, metrics)
+        run.last_metrics.update(metrics)
 
 
-def _validate(
-    cfg: Config,
-    accelerator: Accelerator,
-    model: Any,
-    ema: EMA | None,
-    step: int,
-    on_eval: EvalHook | None,
-) -> dict[str, float]:
-    copy = _eval_copy(cfg, accelerator, model, ema)
+def _validate(run: _Run) -> dict[str, float]:
+    copy = eval_copy(run.accelerator, run.cfg, run.engine, run.ema)
     result: dict[str, float] = {}
     if copy is not None:
-        result = validate_retrieval(cfg, copy, accelerator.device)
-        if on_eval is not None:
-            result.update(on_eval(step, copy))
-    accelerator.wait_for_everyone()
-    model.train()
+        result = validate_retrieval(run.cfg, copy, run.accelerator.device)
+        if run.on_eval is not None:
+            result.update(run.on_eval(run.state.step, copy))
+    run.accelerator.wait_for_everyone()
+    run.engine.model.train()
     return result
 
 
-def _export(
-    cfg: Config,
-    accelerator: Accelerator,
-    model: Any,
-    ema: EMA | None,
-    target: Path,
-    manifest: Manifest,
-) -> Path | None:
-    copy = _eval_copy(cfg, accelerator, model, ema)
+def _export(run: _Run, target: Path) -> Path | None:
+    copy = eval_copy(run.accelerator, run.cfg, run.engine, run.ema)
     if copy is None:
-        accelerator.wait_for_everyone()
+        run.accelerator.wait_for_everyone()
         return None
+    run.selection.restore(copy)
     copy.save_pretrained(target)
-    (target / "experiment.yaml").write_text(cfg.to_yaml())
-    (target / "data_manifest.json").write_text(manifest_json(manifest))
-    log.info("model exported to %s (%s weights)", target, "EMA" if ema is not None else "raw")
-    accelerator.wait_for_everyone()
+    # Atomic (a full disk raises DiskFullError naming the file, never leaves half a file).
+    config_text, manifest_text = run.cfg.to_yaml(), manifest_json(run.manifest)
+    atomic_write(target / "experiment.yaml", lambda tmp: tmp.write_text(config_text))
+    atomic_write(target / "data_manifest.json", lambda tmp: tmp.write_text(manifest_text))
+    log.info("model exported to %s (%s weights)", target, "EMA" if run.ema is not None else "raw")
+    run.accelerator.wait_for_everyone()
     return target
-
-
-def _reconstruction_grid(
-    cfg: Config, accelerator: Accelerator, model_dir: Path | None, out_dir: Path
-) -> Path | None:
-    if model_dir is None or cfg.train.recon_images == 0 or cfg.train.diffusion_steps == 0:
-        return None
-    return reconstruction_grid(
-        cfg,
-        SGDM.from_pretrained(model_dir, device=accelerator.device),
-        out_dir / "reconstructions.png",
-    )
-
-
-def _start_tracking(
-    cfg: Config, accelerator: Accelerator, manifest: Manifest, env_uri: str | None
-) -> Tracker:
-    enabled = cfg.experiment.tracking and accelerator.is_main_process
-    uri = default_tracking_uri(cfg.experiment.tracking_uri, cfg.experiment.output_dir, env_uri)
-    tracker = Tracker(
-        uri,
-        cfg.experiment.name,
-        run_name=f"train-{time.strftime('%Y%m%d-%H%M%S')}",
-        enabled=enabled,
-    )
-    tracker.log_params(cfg.flat())
-    tracker.set_tags(
-        {
-            "data.manifest_sha256": manifest_hash(cfg.data.shard_dir),
-            "sgdm_dist.version": __version__,
-            "distributed_type": str(accelerator.distributed_type),
-            "num_processes": str(accelerator.num_processes),
-        }
-    )
-    return tracker
-
-
-class _MetricsFile:
-    """Append-only ``metrics.jsonl`` beside the checkpoints: the loss curve without a server."""
-
-    def __init__(self, path: Path, enabled: bool) -> None:
-        self.path = path
-        self.enabled = enabled
-        if enabled:
-            path.parent.mkdir(parents=True, exist_ok=True)
-
-    def write(self, step: int, metrics: dict[str, float]) -> None:
-        if self.enabled:
-            with open(self.path, "a") as handle:
-                handle.write(json.dumps({"step": step, **metrics}) + "\n")
-
-
-class _Throughput:
-    def __init__(self) -> None:
-        self.start = time.perf_counter()
-        self.samples = 0
-
-    def add(self, n: int) -> None:
-        self.samples += n
-
-    def rate(self) -> float:
-        now = time.perf_counter()
-        rate = self.samples / max(now - self.start, 1e-9)
-        self.start, self.samples = now, 0
-        return rate
-
-
-class _StopFlag:
-    """SIGTERM/SIGINT → finish the current step, checkpoint, exit. Ranks agree by all-reduce."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._previous: dict[int, Any] = {}
-
-    @classmethod
-    def install(cls) -> _StopFlag:
-        flag = cls()
-        if threading.current_thread() is not threading.main_thread():
-            return flag  # e.g. a Ray Tune trial thread: its host process owns the signals
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            flag._previous[sig] = signal.signal(sig, flag._handle)
-        return flag
-
-    def _handle(self, signum: int, _frame: Any) -> None:
-        if not self.requested:
-            log.warning("received %s: checkpointing after this step", signal.Signals(signum).name)
-        self.requested = True
-
-    def agreed(self, accelerator: Accelerator) -> bool:
-        flag = torch.tensor([float(self.requested)], device=accelerator.device)
-        return accelerator.reduce(flag, reduction="sum").item() > 0
-
-    def restore(self) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)

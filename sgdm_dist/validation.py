@@ -7,6 +7,7 @@ checkpoint by these numbers does not leak test information.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -87,3 +88,14 @@ def reconstruction_grid(cfg: Config, model: SGDM, path: Path) -> Path:
         pairs = torch.stack([batch["image"].float().cpu(), recon], dim=1).flatten(0, 1)
         return save_image_grid(pairs, path, nrow=2)
     return save_image_grid(recon, path, nrow=min(8, recon.shape[0]))
+
+
+def final_grid(cfg: Config, accelerator: Any, model_dir: Path | None, out_dir: Path) -> Path | None:
+    """The end-of-training grid from the exported model, or None when there is nothing to show."""
+    if model_dir is None or cfg.train.recon_images == 0 or cfg.train.diffusion_steps == 0:
+        return None
+    return reconstruction_grid(
+        cfg,
+        SGDM.from_pretrained(model_dir, device=accelerator.device),
+        out_dir / "reconstructions.png",
+    )

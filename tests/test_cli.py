@@ -83,3 +83,11 @@ def test_whole_stack_imports() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=300
     )
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_config_show_without_config_prints_defaults_with_absolute_paths(tmp_path: Path) -> None:
+    result = sgdm("config", "show", "train.lr=0.5", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    shown = yaml.safe_load(result.stdout)
+    assert shown["train"]["lr"] == 0.5 and shown["experiment"]["name"] == "sgdm"
+    assert shown["data"]["shard_dir"] == str(tmp_path / "data/shards")

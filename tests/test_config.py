@@ -157,3 +157,51 @@ def test_yaml_12_booleans_keep_no_as_text(tmp_path: Path, tiny_config_path: Path
 
 def test_hash_in_override_value_is_text(tiny_config_path: Path) -> None:
     assert load_config(tiny_config_path, ["experiment.name=run #3"]).experiment.name == "run #3"
+
+
+def test_key_given_twice_names_key_file_and_both_lines(tmp_path: Path) -> None:
+    path = tmp_path / "dup.yaml"
+    path.write_text("train:\n  lr: 1.0e-3\n  warmup_steps: 5\n  lr: 3.0e-4\n")
+    with pytest.raises(
+        ConfigError, match=r"dup\.yaml.*line 4.*'lr' is given twice \(first at line 2\)"
+    ):
+        load_config(path)
+
+
+def test_non_utf8_config_is_a_named_error(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("experiment:\n  name: caf\u00e9\n".encode("latin-1"))
+    with pytest.raises(
+        ConfigError, match=r"latin1\.yaml: not UTF-8 text \(byte 0xe9 at offset 23\)"
+    ):
+        load_config(path)
+
+
+def test_relative_paths_resolve_once_against_the_current_folder(
+    tmp_path: Path, tiny_config_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(
+        tiny_config_path,
+        [
+            "experiment.tracking_uri=sqlite:///db/mlflow.db",
+            "data.features.vae=stabilityai/sd-vae-ft-mse",  # a hub id: no such local folder
+            "evaluate.weights_dir=~/weights",
+        ],
+    )
+    assert cfg.data.shard_dir == str(tmp_path / "outputs/tiny/shards")
+    assert cfg.experiment.output_dir == tmp_path / "outputs/tiny"
+    assert cfg.data.cache_dir == tmp_path / "outputs/tiny/cache"
+    assert cfg.experiment.tracking_uri == f"sqlite:///{tmp_path}/db/mlflow.db"
+    assert cfg.data.features.vae == "stabilityai/sd-vae-ft-mse"
+    assert cfg.evaluate.weights_dir == str(Path.home() / "weights")
+    # URLs stay URLs; resolving again (a trial re-validating the dumped config) changes nothing.
+    remote = load_config(tiny_config_path, ["data.shard_dir=s3://bucket/shards"])
+    assert remote.data.shard_dir == "s3://bucket/shards"
+    elsewhere = tmp_path / "trial"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    again = load_config(None, [f"experiment.output_dir={cfg.experiment.output_dir}"])
+    assert again.experiment.output_dir == cfg.experiment.output_dir
+    kept = load_config(tiny_config_path, keep_relative=True)  # a pod's ConfigMap
+    assert kept.data.shard_dir == "outputs/tiny/shards"

@@ -74,3 +74,42 @@ def test_unreadable_image_and_missing_weights_are_named(tmp_path: Path) -> None:
     missing = CFG.model_copy(update={"vae": str(tmp_path / "no-such-vae")})
     with pytest.raises(DataError, match="data.features.vae: cannot load AutoencoderKL"):
         VaeEncoder(missing, enc, seed=1)
+
+
+def test_stimuli_change_with_every_factor_a_viewer_judges() -> None:
+    from sgdm_dist.data.stimuli import ATTRIBUTES, attributes, render
+
+    z = np.zeros(9)
+    base = render(z, 32).astype(float)
+    for k, name in enumerate(ATTRIBUTES):
+        moved = z.copy()
+        moved[k] = 1.5
+        assert np.abs(render(moved, 32).astype(float) - base).mean() > 1.0, name
+    kinds = {attributes(np.full(9, v))["kind"] for v in (-2.0, 0.0, 2.0)}
+    assert kinds == {0.0, 1.0, 2.0}  # circle, square, triangle
+
+
+def test_prepare_trains_a_small_autoencoder_when_no_vae_is_given(tmp_path: Path) -> None:
+    from sgdm_dist.data.stimuli import render
+
+    rng = np.random.default_rng(1)
+    paths = []
+    for i in range(6):
+        paths.append(tmp_path / f"s{i}.png")
+        Image.fromarray(render(rng.standard_normal(8), 64)).save(paths[-1])
+    cfg = CFG.model_copy(update={"autoencoder_steps": 3})
+    enc = tmp_path / "encoders"
+    vae = VaeEncoder(cfg, enc, seed=1, train_images=paths[:4], held_out=paths[4:])
+    assert not vae.info.random_init and vae.info.saved_with_shards
+    record = vae.info.training
+    assert record["steps"] == 3 and record["n_train_images"] == 4
+    assert set(record["held_out_round_trip"]) == {"PixCorr", "SSIM", "n_images"}
+    assert (enc / "vae" / "loss_curve.png").is_file() and (
+        enc / "vae" / "loss_curve.json"
+    ).is_file()
+    # The scaling factor makes the cached latents of the training stimuli unit-variance.
+    latents = vae.latents([Image.open(p) for p in paths[:4]])
+    assert latents.std() == pytest.approx(1.0, abs=1e-3)
+    # A resumed prepare reloads it (same weights → same cache key) instead of training again.
+    again = VaeEncoder(cfg, enc, seed=1, train_images=paths[:4], held_out=paths[4:])
+    assert again.info.key == vae.info.key and again.info.training == record

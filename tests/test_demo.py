@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -40,8 +41,15 @@ def test_quick_demo_runs_the_whole_pipeline(tmp_path: Path) -> None:
     assert "sgdm-demo version 1 @champion" in result.stdout
     assert "mlflow ui --backend-store-uri sqlite:///" in result.stdout
 
+    assert "condition sensitivity" in result.stdout and "ceiling" in result.stdout
     assert (out / "evaluation" / "report.html").is_file()
     assert (out / "evaluation" / "metrics.json").is_file()
+    # No VAE given: prepare trained the small autoencoder, kept its curve and scored its round trip.
+    manifest = json.loads((out / "shards" / "manifest.json").read_text())
+    training = manifest["features"]["vae_training"]
+    assert training["steps"] == 20 and manifest["features"]["random_init"]["vae"] is False
+    assert {"PixCorr", "SSIM"} <= set(training["held_out_round_trip"])
+    assert (out / "shards" / "encoders" / "vae" / "loss_curve.png").is_file()
     assert (out / "reconstructions" / "grid.png").is_file()
     assert (out / "pulled" / "model.safetensors").is_file()
     client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")

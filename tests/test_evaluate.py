@@ -93,7 +93,14 @@ def evaluated(trained: dict) -> dict:
 
 def test_metrics_json_has_every_subject_mode_and_metric(evaluated: dict) -> None:
     m = evaluated["metrics"]
-    assert set(m) == {"summary", "retrieval", "reconstruction", "protocol"}
+    assert set(m) == {
+        "summary",
+        "retrieval",
+        "reconstruction",
+        "reconstruction_baselines",
+        "decoding",
+        "protocol",
+    }
     for mode, n_pred in (("repetitions_averaged", 10), ("single_trial", 80)):
         table = m["retrieval"][mode]
         assert list(table) == ["sub-01", "sub-02", "mean", "chance"]
@@ -120,8 +127,19 @@ def test_metrics_json_has_every_subject_mode_and_metric(evaluated: dict) -> None
         }
     recon = m["reconstruction"]
     assert list(recon) == ["sub-01", "sub-02", "mean"]
+    baselines = m["reconstruction_baselines"]
+    assert list(baselines) == ["floor", "ceiling", "condition_sensitivity"]
+    for name, row in [*recon.items(), *baselines["floor"].items(), *baselines["ceiling"].items()]:
+        assert row["n_images"] == (8 if name == "mean" else 4)  # "mean" pools both subjects
+        for metric in ("PixCorr", "SSIM", "Pixel(2-way)", "AlexNet(2)"):
+            assert row[f"{metric}.ci_low"] <= row[metric] <= row[f"{metric}.ci_high"]
+    sens = baselines["condition_sensitivity"]["mean"]
+    assert sens["condition_sensitivity"] == pytest.approx(
+        sens["pixel_change_eeg_swapped"] / sens["pixel_change_seed_changed"]
+    )
+    assert m["summary"]["condition_sensitivity"] == sens["condition_sensitivity"]
+    assert m["summary"]["PixCorr.ceiling"] == baselines["ceiling"]["mean"]["PixCorr"]
     for row in recon.values():
-        assert row["n_images"] == 4
         # tiny.yaml's backbones: AlexNet and the tiny CLIP, both without weights here → flagged.
         assert {"PixCorr", "SSIM", "AlexNet(2)", "AlexNet(5)", "CLIP"} <= set(row)
         assert row["CLIP.random_init"] == 1.0 and row["AlexNet(2).random_init"] == 1.0
@@ -142,6 +160,8 @@ def test_terminal_table_and_image_files(evaluated: dict) -> None:
     stdout = evaluated["result"].stdout
     assert "Retrieval on the test split (10 images" in stdout
     assert "Reconstruction per subject" in stdout and "random-init backbone" in stdout
+    assert "floor" in stdout and "ceiling" in stdout and "Pixel(2-way)" in stdout
+    assert "condition sensitivity" in stdout
     assert "sub-02" in stdout and "chance" in stdout
     recon_dir = evaluated["eval_out"] / "reconstructions"
     names = sorted(str(p.relative_to(recon_dir)) for p in recon_dir.rglob("*.png"))
@@ -196,7 +216,12 @@ def test_report_has_every_table_and_image(evaluated: dict) -> None:
         "Summary",
         "Retrieval, repetitions averaged, per subject",
         "Retrieval, single trials, per subject",
+        "Reconstruction: model vs floor (shuffled EEG) and ceiling (autoencoder round trip); "
+        "all images, mean [95% bootstrap CI]",
         "Reconstruction, per subject",
+        "Floor: reconstructions from shuffled EEG, per subject",
+        "Ceiling: autoencoder round trip of the stimuli, per subject",
+        "Condition sensitivity (pixel change: EEG swapped / seed changed)",
         "Protocol",
     ]
     assert not parser.links  # self-contained: no external CSS, scripts or links
@@ -204,8 +229,9 @@ def test_report_has_every_table_and_image(evaluated: dict) -> None:
         assert [r[0] for r in parser.rows[caption][1:]] == ["sub-01", "sub-02", "mean", "chance"]
     assert "Random-init backbones" in page
     assert "CLIP ↑ (random init)" in page
-    # The stimulus | reconstructions grid and the retrieval similarity plot, as inline PNGs.
-    assert len(parser.images) == 2
+    # The stimulus | reconstructions grid (columns named by subject), the retrieval similarity plot
+    # and the retrieval examples (8 trials: seen image + top-5), as inline PNGs.
+    assert len(parser.images) == 3
     sizes = []
     for src in parser.images:
         assert src.startswith("data:image/png;base64,")
@@ -215,6 +241,7 @@ def test_report_has_every_table_and_image(evaluated: dict) -> None:
     # Report grid: 4 stimuli, each with 2 subjects' reconstructions: 2 groups of 3 cells per row.
     assert sizes[0] == (2 + 6 * 130, 2 + 2 * (128 + 14 + 2))
     assert sizes[1] == (640, 520)
+    assert sizes[2] == (2 + 6 * 98, 2 + 8 * (96 + 14 + 2))
 
 
 def test_evaluation_is_tracked_in_mlflow(evaluated: dict) -> None:
@@ -314,6 +341,7 @@ def test_reconstruct_cli_reproduces_the_evaluation_images(evaluated: dict) -> No
         "scheduler": "ddim",
         "seed": 0,
         "batch_size": 8,
+        "strength": None,  # the model's own model.structure_strength
     }
     assert index["vae"].endswith("(EEG shards)")
     assert [i["file"] for i in index["items"]] == pngs[1:]
@@ -345,7 +373,8 @@ def test_evaluate_logs_into_the_active_run(trained: dict, tmp_path: Path) -> Non
     parser = _ReportParser()
     parser.feed(result.report_path.read_text())
     assert "Reconstruction, per subject" not in parser.captions
-    assert len(parser.images) == 1  # the similarity plot only
+    # The similarity plot and the retrieval examples (they need no reconstructions).
+    assert len(parser.images) == 2
 
 
 def test_evaluate_refuses_a_missing_model(trained: dict) -> None:

@@ -7,156 +7,23 @@ sends, and that status / logs / delete issue the calls a real server would need.
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlparse
 
 import pytest
-import yaml
+from k8s_stub import TOKEN, StubState, running_stub
 
 from sgdm_dist.config import load_config
 from sgdm_dist.launch import render
 
-TOKEN = "stub-token-123"
-
-
-@dataclass
-class Request:
-    method: str
-    path: str
-    query: dict[str, list[str]]
-    body: Any
-    auth: str | None
-
-
-@dataclass
-class StubState:
-    requests: list[Request] = field(default_factory=list)
-    objects: dict[str, dict[str, Any]] = field(default_factory=dict)  # path → stored object
-    missing_crds: set[str] = field(default_factory=set)  # plurals answered 404 on create
-    pods: list[dict[str, Any]] = field(default_factory=list)
-    logs: dict[str, str] = field(default_factory=dict)
-
-
-def _handler(state: StubState) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *args: Any) -> None:  # keep pytest output clean
-            pass
-
-        def _send(self, code: int, payload: Any, content_type: str = "application/json") -> None:
-            data = payload.encode() if isinstance(payload, str) else json.dumps(payload).encode()
-            self.send_response(code)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def _status(self, code: int, reason: str, message: str) -> None:
-            self._send(
-                code,
-                {
-                    "kind": "Status",
-                    "apiVersion": "v1",
-                    "status": "Failure",
-                    "reason": reason,
-                    "message": message,
-                    "code": code,
-                },
-            )
-
-        def _record(self) -> Request:
-            url = urlparse(self.path)
-            length = int(self.headers.get("Content-Length") or 0)
-            body = json.loads(self.rfile.read(length)) if length else None
-            req = Request(
-                self.command, url.path, parse_qs(url.query), body, self.headers.get("Authorization")
-            )
-            state.requests.append(req)
-            return req
-
-        def do_POST(self) -> None:
-            req = self._record()
-            plural = req.path.rsplit("/", 1)[-1]
-            if plural in state.missing_crds:
-                self._status(404, "NotFound", "the server could not find the requested resource")
-                return
-            key = f"{req.path}/{req.body['metadata']['name']}"
-            if key in state.objects:
-                self._status(
-                    409,
-                    "AlreadyExists",
-                    f"{plural} {req.body['metadata']['name']!r} already exists",
-                )
-                return
-            created = json.loads(json.dumps(req.body))
-            created["metadata"]["uid"] = f"uid-{len(state.objects)}"
-            state.objects[key] = created
-            self._send(201, created)
-
-        def do_GET(self) -> None:
-            req = self._record()
-            if req.path.endswith("/log"):
-                pod = req.path.split("/")[-2]
-                self._send(200, state.logs.get(pod, ""), "text/plain")
-            elif req.path.endswith("/pods"):
-                selector = req.query.get("labelSelector", [""])[0]
-                key, _, value = selector.partition("=")
-                items = [p for p in state.pods if p["metadata"]["labels"].get(key) == value]
-                self._send(
-                    200, {"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": items}
-                )
-            elif req.path in state.objects:
-                self._send(200, state.objects[req.path])
-            else:
-                self._status(404, "NotFound", f"{req.path} not found")
-
-        def do_DELETE(self) -> None:
-            req = self._record()
-            if state.objects.pop(req.path, None) is None:
-                self._status(404, "NotFound", f"{req.path} not found")
-                return
-            self._send(200, {"kind": "Status", "apiVersion": "v1", "status": "Success"})
-
-    return Handler
-
 
 @pytest.fixture
 def stub(tmp_path: Path) -> Iterator[tuple[StubState, Path]]:
-    state = StubState()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(state))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "clusters": [
-                    {
-                        "name": "stub",
-                        "cluster": {"server": f"http://127.0.0.1:{server.server_port}"},
-                    }
-                ],
-                "users": [{"name": "me", "user": {"token": TOKEN}}],
-                "contexts": [{"name": "stub", "context": {"cluster": "stub", "user": "me"}}],
-                "current-context": "stub",
-            }
-        )
-    )
-    try:
-        yield state, kubeconfig
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
+    with running_stub(tmp_path) as server:
+        yield server
 
 
 def sgdm(*args: str) -> subprocess.CompletedProcess[str]:
@@ -171,6 +38,7 @@ def test_launch_k8s_creates_configmap_then_pytorchjob(
     result = sgdm(
         "launch", "k8s", "--config", str(tiny_config_path), "--nodes", "3", "--gpus-per-node", "2",
         "--image", "registry.example/sgdm:7", "--name", "eeg-run", "--kubeconfig", str(kubeconfig),
+        "--api", "pytorchjob",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "created PyTorchJob sgdm/eeg-run" in result.stdout
@@ -191,9 +59,12 @@ def test_launch_k8s_creates_configmap_then_pytorchjob(
             "launch.gpus_per_node=2",
             "launch.image=registry.example/sgdm:7",
             "launch.job_name=eeg-run",
+            "launch.api=pytorchjob",
         ],
+        keep_relative=True,
     )
     assert [r.body for r in posts] == render(cfg, "train")
+    assert not [r for r in state.requests if r.method == "GET"]  # --api given: no discovery
 
     config_map, job = (r.body for r in posts)
     assert (config_map["kind"], config_map["apiVersion"]) == ("ConfigMap", "v1")
@@ -240,8 +111,9 @@ def test_missing_crd_is_reported_and_rolled_back(
     state, kubeconfig = stub
     state.missing_crds.add("pytorchjobs")
     result = sgdm(
-        "launch", "k8s", "--config", str(tiny_config_path), "--kubeconfig", str(kubeconfig)
-    )
+        "launch", "k8s", "--config", str(tiny_config_path), "--kubeconfig", str(kubeconfig),
+        "--api", "pytorchjob",
+    )  # fmt: skip
     assert result.returncode == 1
     assert "PyTorchJob CRD is not installed" in result.stderr
     assert "Traceback" not in result.stderr
@@ -256,6 +128,7 @@ def test_second_launch_with_same_name_is_refused(
 ) -> None:
     state, kubeconfig = stub
     args = ("launch", "k8s", "--config", str(tiny_config_path), "--kubeconfig", str(kubeconfig))
+    args += ("--api", "pytorchjob")
     assert sgdm(*args).returncode == 0
     again = sgdm(*args)
     assert again.returncode == 1
@@ -284,7 +157,17 @@ def test_status_logs_delete(stub: tuple[StubState, Path], tiny_config_path: Path
     kc = ("--kubeconfig", str(kubeconfig))
     assert (
         sgdm(
-            "launch", "k8s", "--config", str(tiny_config_path), "--nodes", "2", "--name", "run", *kc
+            "launch",
+            "k8s",
+            "--config",
+            str(tiny_config_path),
+            "--nodes",
+            "2",
+            "--name",
+            "run",
+            "--api",
+            "pytorchjob",
+            *kc,
         ).returncode
         == 0
     )
@@ -358,12 +241,65 @@ def test_rayjob_status_and_driver_logs(
     assert status.returncode == 0, status.stderr
     assert "RayJob sgdm/sweep: RUNNING" in status.stdout
     assert "rayClusterName: sweep-raycluster-abcde" in status.stdout
-    # The PyTorchJob lookup came first and missed.
+    # The TrainJob and PyTorchJob lookups came first and missed.
     gets = [r.path for r in state.requests if r.method == "GET" and "/apis/" in r.path]
-    assert gets[:2] == [
+    assert gets[:3] == [
+        "/apis/trainer.kubeflow.org/v1alpha1/namespaces/sgdm/trainjobs/sweep",
         "/apis/kubeflow.org/v1/namespaces/sgdm/pytorchjobs/sweep",
         "/apis/ray.io/v1/namespaces/sgdm/rayjobs/sweep",
     ]
     logs = sgdm("launch", "logs", "sweep", *kc)
     assert logs.returncode == 0, logs.stderr
     assert logs.stdout == "Trial 3 finished: val/top1=0.41\n"
+
+
+@pytest.mark.parametrize(
+    ("missing", "kind", "path"),
+    [
+        (set(), "TrainJob", "/apis/trainer.kubeflow.org/v1alpha1/namespaces/sgdm/trainjobs"),
+        ({"trainjobs"}, "PyTorchJob", "/apis/kubeflow.org/v1/namespaces/sgdm/pytorchjobs"),
+    ],
+)
+def test_api_is_discovered(
+    missing: set[str], kind: str, path: str, stub: tuple[StubState, Path], tiny_config_path: Path
+) -> None:
+    """Without --api the CLI asks the API server's discovery which training CRD it serves."""
+    state, kubeconfig = stub
+    state.missing_crds |= missing
+    result = sgdm(
+        "launch", "k8s", "--config", str(tiny_config_path), "--nodes", "2", "--gpus-per-node", "8",
+        "--name", "disc", "--kubeconfig", str(kubeconfig),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert f"created {kind} sgdm/disc" in result.stdout
+    gets = [r.path for r in state.requests if r.method == "GET"]
+    assert gets[0] == "/apis/trainer.kubeflow.org/v1alpha1"  # Trainer v2 asked first
+    posts = [r for r in state.requests if r.method == "POST"]
+    assert [r.path for r in posts] == ["/api/v1/namespaces/sgdm/configmaps", path]
+    job = posts[1].body
+    assert job["kind"] == kind
+    if kind != "TrainJob":
+        return  # status and delete of a PyTorchJob: test_status_logs_delete
+    assert job["spec"]["trainer"]["numNodes"] == 2
+    assert job["spec"]["runtimeRef"]["name"] == "sgdm-torch-gang"
+    assert job["spec"]["runtimePatches"][0]["trainingRuntimeSpec"]  # per-job pod settings
+
+    status = sgdm("launch", "status", "disc", "--kubeconfig", str(kubeconfig))
+    assert status.returncode == 0, status.stderr
+    assert f"{kind} sgdm/disc: Pending" in status.stdout
+    deleted = sgdm("launch", "delete", "disc", "--kubeconfig", str(kubeconfig))
+    assert deleted.returncode == 0 and state.objects == {}
+
+
+def test_neither_training_crd_is_a_clear_error(
+    stub: tuple[StubState, Path], tiny_config_path: Path
+) -> None:
+    state, kubeconfig = stub
+    state.missing_crds |= {"trainjobs", "pytorchjobs"}
+    result = sgdm(
+        "launch", "k8s", "--config", str(tiny_config_path), "--kubeconfig", str(kubeconfig)
+    )
+    assert result.returncode == 1
+    assert "neither the TrainJob CRD" in result.stderr and "PyTorchJob CRD" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not [r for r in state.requests if r.method == "POST"]  # nothing created

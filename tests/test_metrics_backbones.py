@@ -68,12 +68,13 @@ def test_identical_images_give_perfect_scores(backbones: dict, images: torch.Ten
     out = reconstruction_metrics(images, images, backbones)
     assert [m for m in METRIC_ORDER if m in out] == METRIC_ORDER
     assert out["PixCorr"] == pytest.approx(1.0) and out["SSIM"] == pytest.approx(1.0)
+    assert out["Pixel(2-way)"] == 1.0
     for metric in ("AlexNet(2)", "AlexNet(5)", "Inception", "CLIP"):
         assert out[metric] == 1.0, metric
     for metric in ("EffNet-B", "SwAV"):
         assert out[metric] == pytest.approx(0.0, abs=1e-6), metric
     # Random-init backbones are flagged so nobody reads these as paper numbers.
-    assert sorted(random_init_metrics(out)) == sorted(METRIC_ORDER[2:])
+    assert sorted(random_init_metrics(out)) == sorted(METRIC_ORDER[3:])
     assert out["n_images"] == N
 
 
@@ -96,7 +97,7 @@ def test_permuted_images_lose_identification(backbones: dict, images: torch.Tens
 
 def test_no_backbones_gives_low_level_metrics_only(images: torch.Tensor) -> None:
     out = reconstruction_metrics(images, images, None)
-    assert set(out) == {"n_images", "PixCorr", "SSIM"}
+    assert set(out) == {"n_images", "PixCorr", "SSIM", "Pixel(2-way)"}
 
 
 def test_weights_are_loaded_from_a_torch_hub_cache_folder(tmp_path: Path) -> None:
@@ -183,6 +184,7 @@ def test_a_config_dict_selects_the_backbones(images: torch.Tensor) -> None:
         "n_images",
         "PixCorr",
         "SSIM",
+        "Pixel(2-way)",
         "AlexNet(2)",
         "AlexNet(2).random_init",
         "AlexNet(5)",

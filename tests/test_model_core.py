@@ -95,7 +95,7 @@ def test_align_stage_trains_encoder_and_head_only() -> None:
     model(make_batch(model), "align")["loss"].backward()
     for name, p in model.named_parameters():
         reached = p.grad is not None and bool(p.grad.abs().sum())
-        expect = name.startswith(("encoder.", "semantic."))
+        expect = name.startswith(("encoder.", "semantic.", "structure."))
         assert reached == expect, name
 
 
@@ -250,3 +250,39 @@ def test_gradient_checkpointing_gives_same_gradients() -> None:
         m(batch, "diffusion")["loss"].backward()
     for (name, p), q in zip(ref.named_parameters(), ckpt.parameters(), strict=True):
         assert torch.allclose(p.grad, q.grad, atol=1e-5, rtol=1e-4), name
+
+
+def test_structure_head_is_a_loss_term_in_every_stage_and_can_be_off() -> None:
+    model = build(tiny())
+    batch = make_batch(model)
+    for stage in ("align", "diffusion"):
+        model.zero_grad()
+        out = model(batch, stage)
+        assert "loss/structure" in out
+        out["loss"].backward()
+        grad = model.structure.net[-1].weight.grad
+        assert grad is not None and grad.abs().sum() > 0
+    off = build(tiny("model.lambda_structure=0"))
+    assert off.structure is None and "loss/structure" not in off(batch, "align")
+
+
+def test_structure_strength_sets_where_sampling_starts() -> None:
+    model = build(tiny()).eval()
+    batch = make_batch(model, b=3)
+    eeg, subject = batch["eeg"], batch["subject"]
+    with torch.no_grad():
+        structure = model.structure(model.encoder(eeg, subject).z)
+    # 0: the EEG's predicted structure itself, whatever the seed.
+    for seed in (0, 1):
+        got = model.sample_latents(eeg, subject, steps=4, strength=0.0, seed=seed)
+        torch.testing.assert_close(got, structure)
+    # 1: pure noise; the structure head plays no part.
+    full = model.sample_latents(eeg, subject, steps=4, strength=1.0)
+    with torch.no_grad():
+        model.structure.net[-1].bias.add_(5.0)
+    torch.testing.assert_close(model.sample_latents(eeg, subject, steps=4, strength=1.0), full)
+    # In between: fewer denoising steps run, and the start depends on the structure.
+    partial = model.sample_latents(eeg, subject, steps=4, strength=0.5)
+    assert not torch.allclose(partial, full)
+    with pytest.raises(ValueError, match="strength must be in"):
+        model.sample_latents(eeg, subject, steps=4, strength=1.5)

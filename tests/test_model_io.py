@@ -80,6 +80,26 @@ def test_load_errors_name_the_problem(tmp_path: Path) -> None:
         SGDM.from_pretrained(tmp_path / "m")
 
 
+@pytest.mark.parametrize("cut", ["inside_tensor_data", "inside_header", "empty"])
+def test_truncated_weights_name_file_tensor_and_sizes(tmp_path: Path, cut: str) -> None:
+    from sgdm_dist.models.io import ModelFileError
+
+    out = build(tiny()).save_pretrained(tmp_path / "m")
+    weights = out / "model.safetensors"
+    data = weights.read_bytes()
+    header_len = struct.unpack("<Q", data[:8])[0]
+    keep = {"inside_tensor_data": len(data) - 1000, "inside_header": 8 + header_len // 2}
+    weights.write_bytes(data[: keep.get(cut, 0)])
+    with pytest.raises(ModelFileError) as err:
+        SGDM.from_pretrained(out)
+    message = str(err.value)
+    assert message.startswith(f"{weights}: truncated")
+    if cut == "inside_tensor_data":
+        assert f"expected {len(data)} bytes" in message and f"found {len(data) - 1000}" in message
+        assert "is cut off" in message  # names the tensor whose bytes are missing
+    assert isinstance(err.value, ValueError)  # the CLI's model loaders turn it into exit 2
+
+
 @pytest.mark.parametrize("layout", ["sd_repo", "unet_folder"])
 def test_pretrained_unet_initialisation_adapts_conditioning_width(
     tmp_path: Path, layout: str

@@ -376,7 +376,8 @@ def test_unknown_model_alias_version_and_occupied_folder_are_clear_errors(
         bundle_vae=False,
     )
     cases = {
-        "models:/unknown@champion": "unknown registered model 'unknown'; registered models: ['known']",
+        "models:/unknown@champion": f"unknown registered model 'unknown' in {uri}; "
+        "registered models: ['known']",
         "models:/known@champion": "no alias 'champion'; aliases: candidate→v1",
         "models:/known/4": "no version 4; versions: [1]",
     }
@@ -395,3 +396,70 @@ def test_unknown_model_alias_version_and_occupied_folder_are_clear_errors(
     shards = yaml.safe_load((pulled / "experiment.yaml").read_text())["data"]["shard_dir"]
     assert Path(shards) == trained["shard_dir"]
     assert load_vae_for_model(pulled).config.latent_channels == 4
+
+
+def test_models_uri_without_a_store_is_named_and_creates_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(RegistryError, match="set MLFLOW_TRACKING_URI or pass --tracking-uri"):
+        resolve_model("models:/sgdm@champion", tracking_uri=None)
+    missing = tmp_path / "elsewhere" / "mlflow.db"
+    with pytest.raises(RegistryError, match=f"no MLflow store at sqlite:///{missing}"):
+        resolve_model("models:/sgdm@champion", tracking_uri=f"sqlite:///{missing}")
+    assert list(tmp_path.iterdir()) == []  # no ./mlflow.db, no folders
+
+
+@pytest.mark.slow
+def test_register_by_run_needs_no_config_and_keeps_lineage(
+    trained: dict, server: tuple[str, Path], tmp_path: Path
+) -> None:
+    """`sgdm register --run`: the model training uploaded; the training run (even one a kill left
+    RUNNING) is the lineage, never a newer evaluation run of the same folder, which is linked."""
+    uri, _ = server
+    client = MlflowClient(uri)
+    run_id = trained["run"].info.run_id
+    model_dir = trained["model_dir"]
+    weights = hashlib.sha256((model_dir / "model.safetensors").read_bytes()).hexdigest()
+    tags = client.get_run(run_id).data.tags
+    assert tags["sgdm.model_sha256"] == weights and len(tags["sgdm.files_sha256"]) == 64
+    # What `sgdm evaluate` leaves: a newer finished run with the same output_dir and data hash.
+    experiment_id = trained["run"].info.experiment_id
+    evaluation = client.create_run(experiment_id, run_name="evaluate-x").info.run_id
+    client.log_param(evaluation, "experiment.output_dir", str(trained["out"]))
+    for key, value in {
+        TAG_MANIFEST: tags[TAG_MANIFEST],
+        "sgdm.stage": "evaluate",
+        "evaluation.model_dir": str(model_dir),
+    }.items():
+        client.set_tag(evaluation, key, value)
+    client.set_terminated(evaluation, "FINISHED")
+    client.update_run(run_id, status="RUNNING")  # the state a killed process leaves on the server
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    try:
+        by_run = subprocess.run(
+            [SGDM, "register", "--run", run_id, "--alias", "cluster", "--tracking-uri", uri],
+            capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env,
+        )  # fmt: skip
+        assert by_run.returncode == 0, by_run.stderr[-3000:]
+        assert "registered models:/sgdm-tiny/" in by_run.stdout  # name from the run's params
+        assert f"evaluated: {evaluation}" in by_run.stdout
+        (mv,) = client.search_model_versions("name = 'sgdm-tiny'")
+        assert mv.run_id == run_id and mv.tags["sgdm.training_run"] == run_id
+        assert mv.tags["sgdm.evaluation_runs"] == evaluation
+        assert client.get_run(run_id).info.status == "RUNNING"  # registering never reopens runs
+        pulled = pull_model("models:/sgdm-tiny@cluster", tmp_path / "p", tracking_uri=uri)
+        assert pulled.files["model.safetensors"] == weights
+
+        # From the local folder: found by its weights although RUNNING, not the evaluation run.
+        registered = register_model(
+            model_dir, tracking_uri=uri, name="sgdm-tiny", experiment="sgdm-tiny", bundle_vae=False
+        )
+        assert registered.run_id == run_id and registered.version == "2"
+        refused = subprocess.run(
+            [SGDM, "register", "--run", evaluation, "--tracking-uri", uri],
+            capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env,
+        )  # fmt: skip
+        assert refused.returncode == 2 and "holds no uploaded model" in refused.stderr
+    finally:
+        client.set_terminated(run_id, "FINISHED")

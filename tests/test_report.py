@@ -193,6 +193,33 @@ def test_grid_without_labels_and_with_several_samples() -> None:
     assert grid.size == (2 + 8 * 34, 2 + 2 * (32 + 14 + 2))
 
 
+def test_grid_columns_carry_the_given_subject_labels() -> None:
+    images, recons = torch.ones(2, 3, 16, 16), torch.ones(2, 2, 3, 16, 16)
+    named = comparison_grid(images, recons, cell=32, recon_labels=["sub-01", "sub-02"])
+    default = comparison_grid(images, recons, cell=32)
+    assert named.size == default.size
+    band = (2 + 34, 2 + 32, 2 + 3 * 34, 2 + 32 + 14)  # label bands of the two recon columns
+    assert named.crop(band).tobytes() != default.crop(band).tobytes()
+    with pytest.raises(ValueError, match="recon_labels has 1 entries for 2 recons"):
+        comparison_grid(images, recons, recon_labels=["sub-01"])
+
+
+def test_retrieval_examples_frame_the_true_image_among_the_top5() -> None:
+    from sgdm_dist.report import retrieval_examples
+
+    candidates = torch.ones(6, 3, 8, 8) * 0.5
+    similarity = torch.eye(6)[[0, 1]] + torch.linspace(0, 0.1, 6)  # row 0 → 0 first, row 1 → 1
+    similarity[1, 1] = -1.0  # trial 1: its true image ranks last, outside the top 5
+    grid = retrieval_examples(similarity, torch.tensor([0, 1]), candidates, rows=2, k=5)
+    cell = 96 + 14 + 2
+    assert grid.size == (2 + 6 * 98, 2 + 2 * cell)
+    green = (0, 204, 0)
+    assert grid.getpixel((2 + 98 + 1, 2 + 1)) == green  # row 0: top-1 is the true image, framed
+    row1 = [grid.getpixel((2 + 98 * c + 1, 2 + cell + 1)) for c in range(1, 6)]
+    assert green not in row1  # row 1: not among the top 5, nothing framed
+    assert grid.getpixel((2 + 98 * 5 + 1, 2 + 1)) != green
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [

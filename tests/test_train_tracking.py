@@ -81,9 +81,18 @@ def test_params_metrics_and_reconstruction_grid_reach_the_server(
 
     with Image.open(local) as grid:
         assert grid.width > 64 and grid.height > 64  # 4 stimulus | reconstruction pairs of 64 px
+    # The exported model reached its own run (what `sgdm register --run` registers), verified.
+    from sgdm_dist.registry import sha256_file, verify_folder
+
+    weights = sha256_file(out / "model" / "model.safetensors")
+    assert run.data.tags["sgdm.model_sha256"] == weights and run.data.tags["sgdm.stage"] == "train"
+    uploaded = Path(client.download_artifacts(run.info.run_id, "sgdm-model", str(tmp_path / "m")))
+    files = verify_folder(uploaded, run.data.tags["sgdm.files_sha256"])
+    assert files["model.safetensors"] == weights and "vae/config.json" in files
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1500)  # a hang guard for a busy CI box, not a speed requirement
 def test_training_finishes_when_the_server_dies_mid_run(
     tiny_shards: list[str], tmp_path: Path, mlflow_server: tuple[subprocess.Popen, str]
 ) -> None:
@@ -110,7 +119,7 @@ def test_training_finishes_when_the_server_dies_mid_run(
         assert time.monotonic() < deadline, "training did not reach step 3"
         time.sleep(0.2)  # polling interval of a condition check
     kill_group(server)
-    _, stderr = proc.communicate(timeout=600)
+    _, stderr = proc.communicate(timeout=1200)
     assert proc.returncode == 0, stderr[-3000:]
     assert "unreachable" in stderr and "training goes on" in stderr
     assert "tracking calls were not delivered" in stderr

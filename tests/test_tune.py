@@ -168,12 +168,46 @@ def test_held_out_score_uses_the_unseen_subject_path(
 
     def cosine(subject_ids: torch.Tensor) -> float:
         pred = model.predict_clip(batch["eeg"], subject_ids)
-        return float((F.normalize(pred, dim=1) * F.normalize(true, dim=1)).sum(1).mean())
+        centred = model.semantic.center(true)  # the head's own space
+        return float((F.normalize(pred, dim=1) * centred).sum(1).mean())
 
     n = batch["eeg"].shape[0]
     assert n == scores["n_trials"]  # the whole held-out val split in one batch
     assert scores["cosine"] == pytest.approx(cosine(torch.zeros(n, dtype=torch.long)), abs=1e-5)
     assert scores["cosine"] != pytest.approx(cosine(batch["subject"]), abs=1e-5)
+
+
+def test_objective_puts_a_constant_predictor_at_chance(
+    tiny_shards: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """#13.4: heldout_cosine ranked a model that ignores the EEG first; retrieval scores cannot."""
+    from sgdm_dist.data.loader import split_image_embeddings
+    from sgdm_dist.models import build_model
+    from sgdm_dist.tune.score import score_held_out
+
+    cfg = tiny_tune(tiny_shards, tmp_path)
+    m = read_manifest(cfg.data.shard_dir)
+    model = build_model(cfg.model, n_channels=m.n_channels, n_times=m.n_times, n_subjects=2)
+    _, targets = split_image_embeddings(cfg.data.shard_dir, "val")
+    model.semantic.observe(targets)
+    constant = model.semantic.center(targets[:1])  # always "the first validation image"
+
+    def predict(eeg: torch.Tensor, subject: torch.Tensor) -> torch.Tensor:
+        return constant.expand(eeg.shape[0], -1)
+
+    monkeypatch.setattr(model, "predict_clip", predict)
+    scores = score_held_out(cfg, model, [2])
+    # Every image has the same number of trials, so a constant ranking averages to chance exactly.
+    assert scores["mrr"] == pytest.approx(scores["chance_mrr"])
+    assert scores["top1"] == pytest.approx(1 / m.splits["val"].n_images)
+
+
+def test_leave_subject_out_refuses_an_untrained_fallback(tmp_path: Path) -> None:
+    cfg = load_config(TUNE_TINY, ["model.encoder.subject_dropout=0"])
+    with pytest.raises(ConfigError, match="subject_dropout"):
+        make_folds(cfg, [1, 2])
+    ok = load_config(TUNE_TINY, ["model.encoder.subject_dropout=0", "model.encoder.kind=nice"])
+    assert len(make_folds(ok, [1, 2])) == 2  # NICE ignores subject ids: nothing untrained
 
 
 # ---------------------------------------------------------------------------------------------
@@ -231,7 +265,7 @@ def test_sweep_folds_asha_mlflow_and_best_yaml(
     best = result.best
     assert best.status == "complete"
     record = json.loads((result.path / "trials" / best.trial_id / "trial.json").read_text())
-    fold_scores = [record["folds"][str(i)]["cosine"] for i in range(2)]
+    fold_scores = [record["folds"][str(i)]["mrr"] for i in range(2)]
     assert best.score == pytest.approx(sum(fold_scores) / 2)
 
     # best.yaml: a full config load_config accepts, with the best parameters, on all subjects.

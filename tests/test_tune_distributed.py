@@ -52,5 +52,5 @@ def test_trial_with_two_workers_trains_ddp_and_reports_per_fold(
     assert (fold_dir / "model" / "model.safetensors").is_file()
     assert load_config(fold_dir / "model" / "experiment.yaml").train.subjects == [2]
     trial = json.loads((result.path / "trials" / row.trial_id / "trial.json").read_text())
-    assert trial["heldout_cosine"] == pytest.approx(row.score)
+    assert trial["heldout_mrr"] == pytest.approx(row.score)
     assert 0.0 <= trial["heldout_top1"] <= 1.0

@@ -7,10 +7,20 @@ import sys
 import typer
 
 from sgdm_dist import __version__
-from sgdm_dist.cli import config_cmd, demo, evaluate, launch, prepare, registry, train, tune
+from sgdm_dist.cli import (
+    config_cmd,
+    demo,
+    evaluate,
+    launch,
+    prepare,
+    registry,
+    train,
+    tune,
+    verify,
+)
 from sgdm_dist.cli.common import EXIT_BAD_INPUT
 from sgdm_dist.config import ConfigError
-from sgdm_dist.log import rank_from_env, setup_logging
+from sgdm_dist.log import quiet_third_party, rank_from_env, setup_logging
 
 app = typer.Typer(
     name="sgdm",
@@ -22,6 +32,7 @@ app = typer.Typer(
 app.add_typer(config_cmd.app, name="config")
 for command in (
     prepare.prepare,
+    verify.verify,
     train.train,
     tune.tune,
     evaluate.evaluate,
@@ -45,8 +56,13 @@ def _root(
     version: bool = typer.Option(
         False, "--version", callback=_version, is_eager=True, help="Print the version."
     ),
+    verbose: bool = typer.Option(
+        False, "--verbose", "-v", help="Also show third-party libraries' INFO lines."
+    ),
 ) -> None:
     """Entry point options shared by all subcommands."""
+    if verbose:
+        quiet_third_party(verbose=True)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -25,6 +25,10 @@ OverridesArg = Annotated[
 EXIT_BAD_INPUT = 2
 
 
-def resolve(config: Path, overrides: list[str] | None) -> Config:
-    """Load + validate; a ConfigError propagates to :func:`sgdm_dist.cli.main`, which prints it."""
-    return load_config(config, overrides or [])
+def resolve(
+    config: Path | None, overrides: list[str] | None, *, keep_relative: bool = False
+) -> Config:
+    """Load + validate (None: the built-in defaults); local paths become absolute against the
+    current folder unless ``keep_relative`` (a config rendered for another machine, e.g. a pod).
+    A ConfigError propagates to :func:`sgdm_dist.cli.main`, which prints it and exits 2."""
+    return load_config(config, overrides or [], keep_relative=keep_relative)

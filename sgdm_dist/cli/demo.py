@@ -37,6 +37,7 @@ QUICK = [
     "train.recon_steps=2",
     "evaluate.steps=2",
     "evaluate.backbones=[alexnet]",
+    "data.features.autoencoder_steps=20",
 ]
 
 
@@ -180,7 +181,8 @@ def summarise(console: Console, cfg: Config, seconds: float) -> None:
     n = metrics["n_test_images"]
     table = Table(title=f"sgdm demo finished in {seconds / 60:.1f} min")
     table.add_column("what")
-    table.add_column("result")
+    # fold: a log is 80 columns wide, and an ellipsis would cut the paths users copy from here
+    table.add_column("result", overflow="fold")
     table.add_row(
         f"test retrieval top-1, {n}-way ({metrics['retrieval_mode']})",
         f"{metrics[f'top1_{n}way']:.3f}  (chance {metrics[f'chance_top1_{n}way']:.3f})",
@@ -189,6 +191,18 @@ def summarise(console: Console, cfg: Config, seconds: float) -> None:
         table.add_row(
             f"test retrieval top-5, {n}-way",
             f"{metrics[f'top5_{n}way']:.3f}  (chance {metrics[f'chance_top5_{n}way']:.3f})",
+        )
+    for metric in ("PixCorr", "SSIM", "Pixel(2-way)"):
+        if metric in metrics:
+            table.add_row(
+                f"reconstruction {metric} (floor: shuffled EEG; ceiling: autoencoder)",
+                f"{metrics[metric]:.3f}  (floor {metrics.get(metric + '.floor', float('nan')):.3f}, "
+                f"ceiling {metrics.get(metric + '.ceiling', float('nan')):.3f})",
+            )
+    if "condition_sensitivity" in metrics:
+        table.add_row(
+            "condition sensitivity (pixel change: EEG swapped / seed changed)",
+            f"{metrics['condition_sensitivity']:.2f}  (>= 1: the EEG decides the image)",
         )
     version = champion_version(cfg)
     table.add_row("registered model", f"{cfg.registry.model_name} version {version} @champion")

@@ -37,6 +37,9 @@ def evaluate(
     """
     cfg = resolve(config, overrides)
     # Heavy imports after the config is known to be valid, so config errors stay instant.
+    from sgdm_dist.threads import HostInfo, configure_threads
+
+    configure_threads(HostInfo.from_env(), cfg.experiment.threads)
     from rich.console import Console
 
     from sgdm_dist.data import DataError
@@ -53,10 +56,13 @@ def evaluate(
     except (EvaluationError, DataError) as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(EXIT_BAD_INPUT) from None
+    from sgdm_dist.baselines.checks import summary_line
+
     console = Console()
     for table in comparison_tables(result.metrics):
         console.print(table)
     console.print(f"retrieval headline: {result.metrics['summary']['retrieval_mode']}")
+    console.print(summary_line(result.metrics["decoding"]))
     console.print(f"metrics: {result.metrics_path}\nreport:  {result.report_path}")
     if result.run_id:
         console.print(f"MLflow run {result.run_id}")
@@ -72,6 +78,15 @@ def reconstruct(
     steps: Annotated[int, typer.Option(min=1, help="Sampler steps.")] = 25,
     guidance_scale: Annotated[float, typer.Option(min=0.0, help="Classifier-free guidance.")] = 3.0,
     scheduler: Annotated[SamplerChoice, typer.Option(help="Sampler.")] = SamplerChoice.ddim,
+    strength: Annotated[
+        float | None,
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            help="Start from the EEG's predicted structure noised this far (1: pure noise, 0: the "
+            "structure decoded); default: the model's model.structure_strength.",
+        ),
+    ] = None,
     seed: Annotated[int, typer.Option(help="Same seed and batch size → identical images.")] = 0,
     batch_size: Annotated[int, typer.Option(min=1, help="EEG rows per sampling batch.")] = 16,
     subject: Annotated[
@@ -101,6 +116,9 @@ def reconstruct(
     and grid.png (stimulus | subjects). A .npy file: one image per row (row-NNNNN.png).
     reconstructions.json lists every image with its subject, image index and settings.
     """
+    from sgdm_dist.threads import HostInfo, configure_threads
+
+    configure_threads(HostInfo.from_env())
     from sgdm_dist.data import DataError
     from sgdm_dist.reconstruct import ReconstructError, SamplingOptions, reconstruct_to_dir
 
@@ -110,6 +128,7 @@ def reconstruct(
         scheduler=scheduler.value,
         seed=seed,
         batch_size=batch_size,
+        strength=strength,
     )
     try:
         result = reconstruct_to_dir(

@@ -1,6 +1,7 @@
-"""``sgdm launch``: Kubernetes jobs for training (PyTorchJob) and tuning (RayJob).
+"""``sgdm launch``: Kubernetes jobs for training (TrainJob or PyTorchJob) and tuning (RayJob).
 
-sgdm launch k8s --config C --nodes N --gpus-per-node G --image IMG [--tune] [--dry-run]
+sgdm launch k8s --config C --nodes N --gpus-per-node G --image IMG [--api trainjob|pytorchjob]
+                [--tune] [--dry-run]
 sgdm launch status JOB | logs JOB [--role worker --index 1] | delete JOB
 """
 
@@ -38,6 +39,13 @@ def launch(
     namespace: Annotated[
         str | None, typer.Option(help="Namespace; launch.namespace (default sgdm).")
     ] = None,
+    api: Annotated[
+        str | None,
+        typer.Option(
+            help="Training job kind: trainjob (Kubeflow Trainer v2) | pytorchjob (Training "
+            "Operator) | auto (what the cluster serves; --dry-run: trainjob). Default launch.api."
+        ),
+    ] = None,
     tune: Annotated[
         bool, typer.Option("--tune", help="Launch `sgdm tune` as a RayJob instead of training.")
     ] = False,
@@ -59,9 +67,9 @@ def launch(
     index: Annotated[int, typer.Option(help="logs: which pod of that role (0-based).")] = 0,
     tail: Annotated[int | None, typer.Option(help="logs: last N lines only.")] = None,
 ) -> None:
-    """Render and submit multi-node training (PyTorchJob) and tuning (RayJob) to Kubernetes."""
+    """Render and submit multi-node training (TrainJob / PyTorchJob) and tuning (RayJob)."""
     # Imported here: the kubernetes client is slow to import and only this command needs it.
-    from sgdm_dist.launch import Cluster, LaunchError, render, to_yaml
+    from sgdm_dist.launch import APIS, Cluster, LaunchError, render, to_yaml
 
     if target not in ACTIONS:
         raise _fail(
@@ -71,6 +79,10 @@ def launch(
         if target == "k8s":
             if config is None:
                 raise _fail("sgdm launch k8s needs --config CONFIG", EXIT_BAD_INPUT)
+            if api is not None and api not in ("auto", *APIS):
+                raise _fail(
+                    f"--api {api!r}: expected one of auto, {', '.join(APIS)}", EXIT_BAD_INPUT
+                )
             overrides = list(set_ or [])
             for key, value in (
                 ("nodes", nodes),
@@ -78,19 +90,23 @@ def launch(
                 ("image", image),
                 ("job_name", name),
                 ("namespace", namespace),
+                ("api", api),
             ):
                 if value is not None:
                     overrides.append(f"launch.{key}={value}")
-            cfg = resolve(config, overrides)
-            objects = render(cfg, "tune" if tune else "train")
+            cfg = resolve(config, overrides, keep_relative=True)  # paths resolve in the pod
             if dry_run:
-                typer.echo(to_yaml(objects), nl=False)
+                typer.echo(to_yaml(render(cfg, "tune" if tune else "train")), nl=False)
                 return
-            created = Cluster.connect(kubeconfig, context).submit(objects)
+            cluster = Cluster.connect(kubeconfig, context)
+            chosen = cfg.launch.api
+            if not tune and chosen == "auto":
+                chosen = cluster.training_api()  # discovery: whichever CRD is installed
+            created = cluster.submit(render(cfg, "tune" if tune else "train", chosen))
             for obj in created:
                 meta = obj["metadata"]
                 typer.echo(f"created {obj['kind']} {meta['namespace']}/{meta['name']}")
-            typer.echo(f"follow it: sgdm launch status {objects[-1]['metadata']['name']}")
+            typer.echo(f"follow it: sgdm launch status {created[-1]['metadata']['name']}")
             return
 
         if job is None:

@@ -17,8 +17,12 @@ def prepare(
     synthetic: Annotated[
         bool, typer.Option(help="First write the synthetic THINGS-like raw dataset.")
     ] = False,
+    overwrite: Annotated[
+        bool, typer.Option(help="Delete shards made with other settings in data.shard_dir first.")
+    ] = False,
 ) -> None:
     """Preprocess EEG with MNE, cache CLIP/VAE features and write WebDataset shards + manifest."""
+    from sgdm_dist.atomic import DiskFullError
     from sgdm_dist.data import DataError
     from sgdm_dist.data.manifest import manifest_hash
     from sgdm_dist.data.prepare import local_out_dir, summary_rows
@@ -27,10 +31,13 @@ def prepare(
     cfg = resolve(config, overrides)
     console = Console()
     try:
-        manifest = run_prepare(cfg, synthetic=synthetic)
+        manifest = run_prepare(cfg, synthetic=synthetic, overwrite=overwrite)
     except DataError as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(EXIT_BAD_INPUT) from None
+    except DiskFullError as exc:  # the job failed (exit 1), with the path instead of a traceback
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1) from None
     table = Table(title=f"shards in {cfg.data.shard_dir}")
     for col in ("split", "subject", "samples", "shards"):
         table.add_column(col, justify="right" if col in ("samples", "shards") else "left")

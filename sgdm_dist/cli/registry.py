@@ -5,19 +5,34 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 
-from sgdm_dist.cli.common import EXIT_BAD_INPUT, ConfigArg, OverridesArg, resolve
+from sgdm_dist.cli.common import EXIT_BAD_INPUT, OverridesArg, resolve
 
 if TYPE_CHECKING:
+    from sgdm_dist.config import Config
     from sgdm_dist.registry import RegisteredVersion
 
 
 def register(
-    config: ConfigArg,
+    config: Annotated[
+        Path | None,
+        typer.Argument(
+            help="Experiment YAML (model folder, names, tracking); not needed with --run.",
+            show_default=False,
+        ),
+    ] = None,
     overrides: OverridesArg = None,
+    run: Annotated[
+        str | None,
+        typer.Option(
+            "--run",
+            help="Register the model this training run uploaded to MLflow (no CONFIG needed; "
+            "e.g. a run trained on a cluster).",
+        ),
+    ] = None,
     model_dir: Annotated[
         Path | None,
         typer.Option(help="Trained model folder; default {experiment.output_dir}/model."),
@@ -25,7 +40,8 @@ def register(
     run_id: Annotated[
         str | None,
         typer.Option(
-            help="MLflow run that trained it (lineage); default: found by output_dir + data hash."
+            help="With a model folder: the MLflow run that trained it (lineage); default: the run "
+            "that uploaded the same weights."
         ),
     ] = None,
     name: Annotated[
@@ -44,38 +60,46 @@ def register(
             help="Register nothing new: move --alias onto this existing version (promotion)."
         ),
     ] = None,
+    tracking_uri: Annotated[
+        str | None,
+        typer.Option(help="MLflow tracking URI; default: the config's, else $MLFLOW_TRACKING_URI."),
+    ] = None,
 ) -> None:
     """Register a trained model as a new MLflow model version and point aliases at it.
 
     `sgdm register configs/tiny.yaml --alias candidate` logs {output_dir}/model (weights, config,
-    data manifest and the VAE) as a pyfunc in the training run and registers it;
+    data manifest and the VAE) as a pyfunc in the run that trained it and registers it;
+    `sgdm register --run RUN_ID --alias candidate` registers what training run RUN_ID uploaded;
     `sgdm register configs/tiny.yaml --version 3 --alias champion` promotes version 3.
-    Tracking: experiment.tracking_uri, else $MLFLOW_TRACKING_URI, else {output_dir}/mlflow.db.
+    Tracking: --tracking-uri, else experiment.tracking_uri, else $MLFLOW_TRACKING_URI, else
+    {output_dir}/mlflow.db.
     """
-    cfg = resolve(config, overrides)
-    from sgdm_dist.registry import RegistryError, register_model, set_aliases
-    from sgdm_dist.tracking import default_tracking_uri
+    from sgdm_dist.registry import RegistryError, register_model, register_run, set_aliases
 
-    uri = default_tracking_uri(
-        cfg.experiment.tracking_uri,
-        cfg.experiment.output_dir,
-        os.environ.get("MLFLOW_TRACKING_URI"),
-    )
-    model_name = name or cfg.registry.model_name
-    aliases = list(alias) if alias else list(cfg.registry.aliases)
+    cfg = resolve(config, overrides) if config is not None else None
+    if cfg is None and run is None:
+        _fail("give CONFIG (a local model folder) or --run RUN_ID")
+    uri = _tracking(cfg, tracking_uri)
     try:
+        if version is not None and (model_dir is not None or run_id or run):
+            raise RegistryError("--version moves aliases: no --model-dir, --run or --run-id")
+        if run is not None and (model_dir is not None or run_id):
+            raise RegistryError("--run registers what the run uploaded: no --model-dir/--run-id")
+        aliases = list(alias) if alias else list(cfg.registry.aliases if cfg else [])
         if version is not None:
-            if not aliases or model_dir is not None or run_id is not None:
-                raise RegistryError(
-                    "--version moves aliases onto an existing version: give --alias, "
-                    "and no --model-dir or --run-id"
-                )
+            model_name = name or (cfg.registry.model_name if cfg else None)
+            if not aliases or not model_name:
+                raise RegistryError("--version needs --alias and a model name (--name or CONFIG)")
             result = set_aliases(model_name, version, aliases, tracking_uri=uri)
+        elif run is not None:
+            model_name = name or (cfg.registry.model_name if cfg else None)
+            result = register_run(run, tracking_uri=uri, name=model_name, aliases=aliases)
         else:
+            assert cfg is not None
             result = register_model(
                 model_dir or cfg.experiment.output_dir / "model",
                 tracking_uri=uri,
-                name=model_name,
+                name=name or cfg.registry.model_name,
                 aliases=aliases,
                 run_id=run_id,
                 experiment=cfg.experiment.name,
@@ -84,6 +108,22 @@ def register(
     except RegistryError as exc:
         _fail(exc)
     _print_version("registered" if version is None else "aliases set on", result, uri)
+
+
+def _tracking(cfg: Config | None, explicit: str | None, config_flag: str = "CONFIG") -> str:
+    """--tracking-uri, else the config's (its own value, $MLFLOW_TRACKING_URI, its output_dir)."""
+    from sgdm_dist.tracking import default_tracking_uri
+
+    env_uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if explicit:
+        return explicit
+    if cfg is not None:
+        return default_tracking_uri(cfg.experiment.tracking_uri, cfg.experiment.output_dir, env_uri)
+    if not env_uri:
+        _fail(
+            f"no tracking server: pass --tracking-uri or {config_flag}, or set MLFLOW_TRACKING_URI"
+        )
+    return str(env_uri)
 
 
 def pull(
@@ -102,25 +142,17 @@ def pull(
 ) -> None:
     """Download a registered model, verify its checksums and print what was pulled."""
     from sgdm_dist.registry import RegistryError, pull_model
-    from sgdm_dist.tracking import default_tracking_uri
 
-    env_uri = os.environ.get("MLFLOW_TRACKING_URI")
-    if tracking_uri is None and config is not None:
-        cfg = resolve(config, [])
-        tracking_uri = default_tracking_uri(
-            cfg.experiment.tracking_uri, cfg.experiment.output_dir, env_uri
-        )
-    tracking_uri = tracking_uri or env_uri
-    if not tracking_uri:
-        _fail("no tracking server: pass --tracking-uri or --config, or set MLFLOW_TRACKING_URI")
+    cfg = resolve(config, []) if config is not None else None
+    uri_used = _tracking(cfg, tracking_uri, "--config")
     try:
-        result = pull_model(uri, to, tracking_uri=tracking_uri)
+        result = pull_model(uri, to, tracking_uri=uri_used)
     except RegistryError as exc:
         _fail(exc)
-    _print_version("pulled", result, tracking_uri)
+    _print_version("pulled", result, uri_used)
 
 
-def _fail(message: object) -> None:
+def _fail(message: object) -> NoReturn:
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     sys.exit(EXIT_BAD_INPUT)
 
@@ -133,7 +165,9 @@ def _print_version(what: str, v: RegisteredVersion, tracking_uri: str) -> None:
     echo(f"  name:      {v.name}")
     echo(f"  version:   {v.version}")
     echo(f"  aliases:   {', '.join(v.aliases) or '-'}")
-    echo(f"  run:       {v.run_id or '-'}")
+    echo(f"  run:       {v.run_id or '-'} (trained it)")
+    if v.tags.get("sgdm.evaluation_runs"):
+        echo(f"  evaluated: {v.tags['sgdm.evaluation_runs'].replace(',', ', ')}")
     echo(f"  tracking:  {redact(tracking_uri)}")
     echo(f"  data:      manifest sha256 {v.tags.get(TAG_MANIFEST, '-')}")
     code = v.tags.get(TAG_VERSION, "-")

@@ -32,10 +32,16 @@ def train(
     """
     cfg = resolve(config, overrides)
     # Heavy imports after the config is known to be valid, so config errors stay instant.
+    from sgdm_dist.threads import HostInfo, configure_threads
+
+    configure_threads(
+        HostInfo.from_env(), cfg.experiment.threads
+    )  # before torch spins up its pools
+    from sgdm_dist.atomic import DiskFullError
     from sgdm_dist.checkpoint import CheckpointError
     from sgdm_dist.data import DataError
     from sgdm_dist.distributed import DistributedSetupError
-    from sgdm_dist.train import PREEMPTED_EXIT_CODE, Preempted
+    from sgdm_dist.train import PREEMPTED_EXIT_CODE, NonFiniteLossError, Preempted
     from sgdm_dist.train import train as run_training
 
     try:
@@ -48,7 +54,7 @@ def train(
     except (DataError, DistributedSetupError) as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         sys.exit(EXIT_BAD_INPUT)
-    except CheckpointError as exc:
+    except (CheckpointError, DiskFullError, NonFiniteLossError) as exc:  # DiskFull: model export
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         sys.exit(1)
     if result.model_dir is not None:

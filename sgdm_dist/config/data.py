@@ -70,6 +70,13 @@ class FeatureConfig(Section):
         None, description="diffusers AutoencoderKL hub id or local folder; None → tiny random VAE."
     )
     image_size: int = Field(512, gt=0, description="Resolution the VAE encodes, px.")
+    autoencoder_steps: int = Field(
+        600,
+        ge=0,
+        description="With vae=None: steps of the small AutoencoderKL trained on the training "
+        "stimuli (data/autoencoder.py); 0 → a random VAE (pipeline tests only).",
+    )
+    autoencoder_lr: float = Field(1e-3, gt=0, description="Peak learning rate of that training.")
     batch_size: int = Field(32, gt=0)
     device: str | None = Field(None, description="torch device; None → cuda when available.")
 
@@ -100,6 +107,15 @@ class SyntheticConfig(Section):
     catch_fraction: float = Field(
         0.05, ge=0, lt=1, description="Fraction of extra target (catch) trials, event 99999."
     )
+    family: Literal["additive", "latency", "nonlinear"] = Field(
+        "additive",
+        description="Generative family (docs/decoding.md): additive (factors scale fixed ERPs) | "
+        "latency (factors shift latencies and widths) | nonlinear (rectified factor mixtures, "
+        "damped oscillations).",
+    )
+    latency_jitter_s: float = Field(0.0, ge=0, description="Per-trial latency jitter s.d., s.")
+    subject_latency_s: float = Field(0.0, ge=0, description="Per-subject latency shift s.d., s.")
+    subject_gain: float = Field(0.0, ge=0, description="Per-subject log-amplitude s.d.")
 
 
 class LoaderConfig(Section):
@@ -108,11 +124,24 @@ class LoaderConfig(Section):
     shuffle_buffer: int = Field(1000, ge=0)
     resampled: bool = False
     skip_corrupt: bool = False
-    drop_last: bool = Field(True, description="Drop the last incomplete batch of each worker.")
+    drop_last: bool = Field(
+        False,
+        description="False: every sample once per epoch, last batch smaller (same size on every "
+        "rank), <= world-1 wrap-around pads flagged in batch['pad']. True: only full batches.",
+    )
+    verify_checksums: bool = Field(
+        True, description="Check each shard's sha256 on its first read in a process (streamed)."
+    )
+    pin_memory: bool | Literal["auto"] = Field(
+        "auto", description="auto: pin when CUDA is available."
+    )
+    persistent_workers: bool = Field(
+        True, description="Keep DataLoader workers across epochs when a loader is iterated again."
+    )
 
 
 class DataConfig(Section):
-    source: Literal["synthetic", "things_raw", "things_preprocessed", "mne"] = "synthetic"
+    source: Literal["synthetic", "things_raw", "things_preprocessed", "mne", "bids"] = "synthetic"
     raw_dir: Path = Field(
         Path("data/raw"), description="Input recordings (THINGS-EEG2 layout or MNE files)."
     )

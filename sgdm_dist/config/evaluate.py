@@ -48,6 +48,18 @@ class EvaluateConfig(Section):
     steps: int = Field(25, gt=0, description="Sampler steps for reconstruction.")
     guidance_scale: float = Field(3.0, ge=0)
     scheduler: SamplerName = Field("ddim", description="Sampler for reconstruction.")
+    structure_strength: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="img2img start from the EEG's predicted structure; None → the model's "
+        "model.structure_strength (docs/model.md).",
+    )
+    baselines: bool = Field(
+        True,
+        description="Also score the floor (shuffled EEG), the ceiling (autoencoder round trip) and "
+        "the condition sensitivity (two more sampling passes per subject).",
+    )
     recon_batch_size: int = Field(16, gt=0, description="EEG rows per sampling batch.")
     recon_max_images: int | None = Field(
         None,

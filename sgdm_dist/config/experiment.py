@@ -17,7 +17,21 @@ class ExperimentConfig(Section):
     )
     log_level: str = Field("INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$")
     tracking: bool = Field(True, description="Track runs in MLflow.")
+    tracking_timeout_s: float = Field(
+        5.0, gt=0, description="Longest wait for one MLflow request (training never blocks longer)."
+    )
+    tracking_close_timeout_s: float = Field(
+        30.0,
+        ge=0,
+        description="Longest wait at the end of training for undelivered tracking calls; the "
+        "model upload for `sgdm register --run` may take longer while the server answers.",
+    )
     tracking_uri: str | None = Field(
         None,
         description="MLflow tracking URI; None → $MLFLOW_TRACKING_URI, else sqlite:///<output_dir>/mlflow.db.",
+    )
+    threads: int | None = Field(
+        None,
+        ge=1,
+        description="torch/BLAS threads per process; None → usable cores ÷ local processes.",
     )

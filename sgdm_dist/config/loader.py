@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from sgdm_dist.config.paths import resolve_paths
 from sgdm_dist.config.root import Config, flatten
 
 EXTENDS_KEY = "extends"
@@ -34,6 +35,28 @@ _Yaml12Loader.add_implicit_resolver(
 )
 
 
+def _mapping_without_duplicates(loader: _Yaml12Loader, node: yaml.MappingNode) -> dict[Any, Any]:
+    """A mapping whose keys are unique: YAML would keep the last of two equal keys silently."""
+    seen: dict[Any, Any] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        if key in seen:
+            first = seen[key].line + 1
+            raise yaml.constructor.ConstructorError(
+                None,
+                None,
+                f"key {key!r} is given twice (first at line {first}); the second would replace it",
+                key_node.start_mark,
+            )
+        seen[key] = key_node.start_mark
+    return loader.construct_mapping(node, deep=True)
+
+
+_Yaml12Loader.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_duplicates
+)
+
+
 def yaml_load(text: str) -> Any:
     return yaml.load(text, Loader=_Yaml12Loader)
 
@@ -42,8 +65,20 @@ class ConfigError(ValueError):
     """A configuration that cannot be used; the message names the key and where it came from."""
 
 
-def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
-    """Load ``path`` (or the built-in defaults when None), apply ``overrides``, validate."""
+def load_config(
+    path: str | Path | None = None,
+    overrides: Sequence[str] = (),
+    *,
+    relative_to: Path | None = None,
+    keep_relative: bool = False,
+) -> Config:
+    """Load ``path`` (or the built-in defaults when None), apply ``overrides``, validate.
+
+    Every local path of the result is absolute: relative ones are taken against ``relative_to``
+    (default: the current folder, where the user ran `sgdm`), here and only here, so Ray trials,
+    pods and subprocesses that run elsewhere read the same files. ``keep_relative`` leaves them as
+    written (for configs rendered for another machine, e.g. a pod's ConfigMap).
+    """
     tree: dict[str, Any] = {}
     sources: dict[str, str] = {}
     if path is not None:
@@ -52,7 +87,12 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
         key, value = parse_override(item)
         _set_dotted(tree, key, value)
         sources[key] = f"override '{item}'"
-    return validate(tree, sources)
+    cfg = validate(tree, sources)
+    if keep_relative:
+        return cfg
+    resolved = cfg.model_dump()
+    resolve_paths(resolved, (relative_to or Path.cwd()).absolute())
+    return validate(resolved, sources)
 
 
 def validate(tree: dict[str, Any], sources: dict[str, str] | None = None) -> Config:
@@ -104,7 +144,16 @@ def _read_with_bases(path: Path, chain: tuple[Path, ...]) -> tuple[dict[str, Any
 
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
-        data = yaml_load(path.read_text())
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); "
+            "save the config as UTF-8"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    try:
+        data = yaml_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -15,6 +15,11 @@ UNET_NORM_GROUPS = 32
 class EncoderConfig(Section):
     """EEG encoder: per-channel temporal convolutions, then attention across channels and time."""
 
+    kind: Literal["axial", "nice", "atms", "eegnet", "linear"] = Field(
+        "axial",
+        description="axial (patch transformer, the fields below) | nice | atms | eegnet (published "
+        "encoders, re-implemented) | linear (dropout + linear readout); see docs/decoding.md.",
+    )
     dim: int = Field(256, gt=0, description="Width of z_eeg and of every encoder token.")
     heads: int = Field(4, gt=0)
     depth: int = Field(2, ge=0, description="Axial (channel + time) attention blocks.")
@@ -40,6 +45,15 @@ class EncoderConfig(Section):
     )
     subject_dropout: float = Field(
         0.1, ge=0, le=1, description="Training probability of using the unknown-subject fallback."
+    )
+    augment_shift: int = Field(
+        0, ge=0, description="Training: random time shift of each trial, up to ± samples."
+    )
+    augment_channel_drop: float = Field(
+        0.0, ge=0, lt=1, description="Training: probability of zeroing each channel of a trial."
+    )
+    augment_noise: float = Field(
+        0.0, ge=0, description="Training: Gaussian noise, s.d. as a fraction of the trial's s.d."
     )
 
     @model_validator(mode="after")
@@ -137,6 +151,19 @@ class ModelConfig(Section):
     lambda_align: float = Field(1.0, ge=0, description="Weight of the contrastive loss.")
     lambda_mse: float = Field(0.0, ge=0, description="Weight of the 1 − cos(ẑ_sem, clip) term.")
     lambda_cls: float = Field(0.0, ge=0, description="Weight of the concept classifier loss.")
+    lambda_structure: float = Field(
+        1.0,
+        ge=0,
+        description="Weight of the structure head's loss (EEG → coarse latent, docs/model.md); "
+        "0 → no structure head.",
+    )
+    structure_strength: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="Default sampling start (img2img strength) from the EEG's predicted structure: "
+        "1 → pure noise, 0 → the structure decoded as is.",
+    )
     encoder: EncoderConfig = EncoderConfig()
     semantic: SemanticConfig = SemanticConfig()
     conditioning: ConditioningConfig = ConditioningConfig()

@@ -22,6 +22,9 @@ class TrainConfig(Section):
     max_grad_norm: float | None = Field(1.0, gt=0)
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
     gradient_checkpointing: bool = False
+    compile: bool = Field(False, description="torch.compile the model (inductor; opt-in, GPU).")
+    channels_last: bool = Field(False, description="NHWC UNet weights (tensor-core convolutions).")
+    tf32: bool = Field(False, description="TF32 for fp32 matmuls/convolutions (Ampere+ GPUs).")
     ema_decay: float | None = Field(0.9999, gt=0, lt=1, description="None → no EMA.")
     checkpoint_every: int = Field(1000, gt=0, description="Optimiser steps between checkpoints.")
     keep_last: int = Field(3, gt=0, description="Complete checkpoints kept on disk.")
@@ -35,6 +38,34 @@ class TrainConfig(Section):
     )
     subjects: list[int] | None = Field(
         None, description="Train on these subjects only (None → all)."
+    )
+    align_epochs: float | None = Field(
+        None,
+        gt=0,
+        description="Alignment stage length in passes over the train split; set → overrides "
+        "align_steps (sgdm_dist/selection.py).",
+    )
+    select_best: bool = Field(
+        False, description="Align-only runs: export the best validation weights (not the last)."
+    )
+    early_stop_patience: int | None = Field(
+        None, gt=0, description="Align-only runs: stop after N validations without improvement."
+    )
+    sync_every: int = Field(
+        10,
+        gt=0,
+        description="Optimiser steps between the ranks' agreement on the stop signal and the "
+        "finite-loss flag (one small all-reduce; also done before every log, validation and "
+        "checkpoint).",
+    )
+    nonfinite: Literal["stop", "skip"] = Field(
+        "stop",
+        description="A non-finite loss on any rank: 'stop' raises NonFiniteLossError at the next "
+        "agreement (no checkpoint is written after it); 'skip' checks every step (one host sync "
+        "per step) and skips that update on all ranks.",
+    )
+    nonfinite_limit: int = Field(
+        10, ge=0, description="With nonfinite='skip': skipped updates allowed before stopping."
     )
 
     @property

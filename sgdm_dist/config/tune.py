@@ -15,7 +15,7 @@ from sgdm_dist.config.base import Section
 
 # What every trial reports (sgdm_dist.tune.trial); ``tune.metric`` must be one of them.
 # heldout_* = mean over folds of the held-out subject's validation score (running mean mid-sweep).
-REPORTED_METRICS = ("heldout_top1", "heldout_top5", "heldout_cosine")
+REPORTED_METRICS = ("heldout_top1", "heldout_top5", "heldout_mrr", "heldout_cosine")
 
 # Keys a search space may not touch: the sweep itself owns them (folds, outputs, tracking).
 RESERVED_KEYS = ("tune.", "train.subjects", "experiment.output_dir", "experiment.tracking")
@@ -74,8 +74,10 @@ class TuneConfig(Section):
         "optuna", description="Optuna TPE searcher, or Ray's random/grid variant generator."
     )
     seed: int | None = Field(None, ge=0, description="Searcher seed; None → experiment.seed.")
-    metric: Literal["heldout_top1", "heldout_top5", "heldout_cosine"] = Field(
-        "heldout_top1", description="The score a configuration is ranked by (mean over folds)."
+    metric: Literal["heldout_top1", "heldout_top5", "heldout_mrr", "heldout_cosine"] = Field(
+        "heldout_top1",
+        description="The score a configuration is ranked by (mean over folds). heldout_mrr is the "
+        "smooth retrieval score; heldout_cosine ranks a constant predictor first (docs/tune.md).",
     )
     mode: Literal["max", "min"] = "max"
     scheduler: Literal["asha", "fifo"] = Field(

@@ -81,6 +81,8 @@ class EncoderInfo:
     path: str | None  # saved weights (random init) or the local/hub id used
     key: str  # content-addressed cache key
     random_init: bool
+    saved_with_shards: bool = False  # weights made by prepare (random or trained), under encoders/
+    training: dict[str, Any] | None = None  # a trained autoencoder's record (data/autoencoder.py)
 
 
 class ClipEncoder:
@@ -136,25 +138,39 @@ class ClipEncoder:
 
 
 class VaeEncoder:
-    """diffusers AutoencoderKL → latent means × scaling factor [N, 4, H/8, W/8]."""
+    """diffusers AutoencoderKL → latent means × scaling factor [N, 4, H/8, W/8].
 
-    def __init__(self, cfg: FeatureConfig, encoders_dir: Path, seed: int) -> None:
+    With ``cfg.vae`` None: the autoencoder saved under ``encoders_dir/vae`` (a resumed prepare), else
+    one trained on ``train_images`` (``cfg.autoencoder_steps`` > 0, data/autoencoder.py) and scored
+    on ``held_out`` images, else a seeded random one (loudly warned about)."""
+
+    def __init__(
+        self,
+        cfg: FeatureConfig,
+        encoders_dir: Path,
+        seed: int,
+        train_images: list[Path] | None = None,
+        held_out: list[Path] | None = None,
+    ) -> None:
         from diffusers import AutoencoderKL
 
         self.device = _device(cfg)
         self.size = cfg.image_size
         if cfg.vae is None:
             save = Path(encoders_dir) / "vae"
-            if (save / "config.json").exists():
-                vae = AutoencoderKL.from_pretrained(save)
-            else:
-                torch.manual_seed(seed)
-                vae = AutoencoderKL(sample_size=cfg.image_size, **TINY_VAE_CONFIG)
-                write_dir_atomically(save, vae.save_pretrained)
-                _warn_random("VAE", save)
+            if not (save / "config.json").exists():
+                self._make_local(cfg, save, seed, train_images or [], held_out or [])
+            vae = AutoencoderKL.from_pretrained(save)
             weights = next(save.glob("*.safetensors"))
+            record = _read_training(save)
+            kind = "trained-ae" if record else "tiny-vae:random"
             self.info = EncoderInfo(
-                f"tiny-vae:random-seed-{seed}", str(save), sha256_file(weights), True
+                f"{kind}-seed-{seed}",
+                str(save),
+                sha256_file(weights),
+                record is None,
+                saved_with_shards=True,
+                training=record,
             )
         else:
             if cfg.vae.startswith(("/", ".", "~")) and not Path(cfg.vae).expanduser().is_dir():
@@ -172,11 +188,52 @@ class VaeEncoder:
         self.vae = vae.eval().to(self.device)
         self.scaling = float(vae.config.scaling_factor)
 
+    def _make_local(
+        self, cfg: FeatureConfig, save: Path, seed: int, train: list[Path], held_out: list[Path]
+    ) -> None:
+        from diffusers import AutoencoderKL
+
+        from sgdm_dist.data import autoencoder as ae
+
+        if cfg.autoencoder_steps == 0 or not train:
+            torch.manual_seed(seed)
+            vae = AutoencoderKL(sample_size=cfg.image_size, **TINY_VAE_CONFIG)
+            write_dir_atomically(save, vae.save_pretrained)
+            _warn_random("VAE", save)
+            return
+        log.info(
+            "no VAE weights given: training a small autoencoder on %d training stimuli (%d steps)",
+            len(train),
+            cfg.autoencoder_steps,
+        )
+        load = lambda ps: torch.stack([to_tensor(_open(p), cfg.image_size) for p in ps])  # noqa: E731
+        vae, record = ae.train_autoencoder(
+            load(train), steps=cfg.autoencoder_steps, lr=cfg.autoencoder_lr, seed=seed
+        )
+        if len(held_out) >= 2:
+            record["held_out_round_trip"] = ae.round_trip_scores(vae, load(held_out))
+            log.info(
+                "autoencoder round trip on held-out stimuli: %s", record["held_out_round_trip"]
+            )
+        ae.save_autoencoder(vae, record, save)
+
     @torch.no_grad()
     def latents(self, images: list[Image.Image]) -> np.ndarray:
         x = torch.stack([to_tensor(im, self.size) for im in images]).to(self.device)
         lat = self.vae.encode(x * 2 - 1).latent_dist.mean * self.scaling
         return lat.float().cpu().numpy()
+
+
+def _read_training(save: Path) -> dict[str, Any] | None:
+    """The training record of an autoencoder trained by prepare, without its loss curve."""
+    from sgdm_dist.data.autoencoder import LOSS_CURVE
+
+    path = save / LOSS_CURVE
+    if not path.is_file():
+        return None
+    record = json.loads(path.read_text())
+    record.pop("curve", None)
+    return {**record, "loss_curve": LOSS_CURVE}
 
 
 def to_tensor(im: Image.Image, size: int) -> torch.Tensor:
@@ -227,8 +284,14 @@ class FeatureCache:
     def get(self, kind: str, key: str, sha: str) -> np.ndarray | None:
         p = self.path(kind, key, sha)
         if p.exists():
-            self.hits += 1
-            return np.load(p, allow_pickle=False)
+            try:
+                value = np.load(p, allow_pickle=False)
+                self.hits += 1
+                return value
+            except (ValueError, OSError, EOFError) as exc:
+                # A damaged cache entry is only a cache miss: name it, drop it, recompute it.
+                log.warning("feature cache: %s is corrupt (%s); recomputing it", p, exc)
+                p.unlink(missing_ok=True)
         self.misses += 1
         return None
 

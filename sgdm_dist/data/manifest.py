@@ -12,11 +12,10 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import fsspec
 from pydantic import BaseModel, ConfigDict, PrivateAttr
 
 from sgdm_dist.data import DataError
-from sgdm_dist.data.io import atomic_write_text
+from sgdm_dist.data.io import atomic_write_text, join_url, open_url, read_url
 
 if TYPE_CHECKING:
     from sgdm_dist.config import Config
@@ -25,6 +24,7 @@ if TYPE_CHECKING:
 OCCIPITAL_PARIETAL = "^O *|^P *"
 MANIFEST = "manifest.json"
 SPLITS = ("train", "val", "test")
+FORMAT_VERSIONS = (1,)  # manifest formats this version reads
 
 
 class ShardEntry(BaseModel):
@@ -139,7 +139,7 @@ def _channel_problem(cfg: Config, ch_names: list[str]) -> str | None:
 
 
 def _join(root: str, name: str) -> str:
-    return f"{root.rstrip('/')}/{name}"
+    return join_url(root, name)
 
 
 def manifest_path(shard_dir: str) -> str:
@@ -149,22 +149,27 @@ def manifest_path(shard_dir: str) -> str:
 def read_manifest(shard_dir: str) -> Manifest:
     path = manifest_path(shard_dir)
     try:
-        with fsspec.open(path, "r") as f:
-            raw = f.read()
+        raw = read_url(path)
     except FileNotFoundError:
         raise DataError(f"no {MANIFEST} in {shard_dir}: run `sgdm prepare` first") from None
+    except OSError as exc:
+        raise DataError(f"cannot read {path}: {exc}") from None
     try:
         m = Manifest.model_validate(json.loads(raw))
     except Exception as exc:
         raise DataError(f"{path}: not a valid manifest ({exc})") from None
+    if m.format_version not in FORMAT_VERSIONS:
+        raise DataError(
+            f"{path}: format_version {m.format_version}, this sgdm-dist reads "
+            f"{list(FORMAT_VERSIONS)}: re-run `sgdm prepare` with this version"
+        )
     m._root = str(shard_dir)
     return m
 
 
 def manifest_hash(shard_dir: str) -> str:
     """sha256 of the manifest file: identifies the exact shard set (it lists every shard's sha256)."""
-    with fsspec.open(manifest_path(shard_dir), "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()
+    return hashlib.sha256(read_url(manifest_path(shard_dir))).hexdigest()
 
 
 def manifest_json(m: Manifest) -> str:
@@ -184,12 +189,38 @@ def verify_shards(shard_dir: str, splits: tuple[str, ...] = SPLITS) -> list[str]
         for entry in m.splits[split].shards if split in m.splits else []:
             h = hashlib.sha256()
             try:
-                with fsspec.open(_join(str(shard_dir), entry.name), "rb") as f:
+                with open_url(_join(str(shard_dir), entry.name)) as f:
                     while block := f.read(1 << 20):
                         h.update(block)
-            except FileNotFoundError:
+            except OSError:
                 bad.append(entry.name)
                 continue
             if h.hexdigest() != entry.sha256:
                 bad.append(entry.name)
     return bad
+
+
+def check_shard_set(
+    shard_dir: str, samples: bool = True, manifest: Manifest | None = None
+) -> tuple[int, int, list[str]]:
+    """(shards, samples, problems): every shard's sha256 and count against the manifest and, with
+    ``samples``, every sample's arrays (dtype, shape, finite) and subject; one message per shard."""
+    from sgdm_dist.data.samples import SampleSpec
+    from sgdm_dist.data.shards import decode, iter_shard
+
+    m = manifest or read_manifest(shard_dir)
+    spec = SampleSpec.from_manifest(m)
+    n_shards = n_samples = 0
+    problems: list[str] = []
+    for split in SPLITS:
+        for entry in m.splits[split].shards if split in m.splits else []:
+            url = _join(str(shard_dir), entry.name)
+            n_shards += 1
+            try:
+                raw = list(iter_shard(url, entry.n_samples, sha256=entry.sha256))
+                for sample in raw if samples else []:
+                    decode(sample, spec.with_subject(entry.subject))
+                n_samples += len(raw)
+            except DataError as exc:
+                problems.append(str(exc))
+    return n_shards, n_samples, problems

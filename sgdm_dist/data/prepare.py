@@ -14,16 +14,19 @@ import logging
 import multiprocessing as mp
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from sgdm_dist import __version__
 from sgdm_dist.atomic import atomic_write
 from sgdm_dist.config import Config
 from sgdm_dist.data import DataError
-from sgdm_dist.data.manifest import Manifest, ShardEntry, SplitInfo, write_manifest
+from sgdm_dist.data.io import scheme
+from sgdm_dist.data.manifest import Manifest, write_manifest
+from sgdm_dist.data.publish import _upload, assemble_manifest, summary_rows  # noqa: F401 (re-export)
+from sgdm_dist.data.shard_dir import check_settings, clean_leftovers, locked, settings_of
 from sgdm_dist.data.shards import Trial, read_unit_record, write_unit
 from sgdm_dist.data.sources import (
     ImageRecord,
@@ -64,7 +67,12 @@ class Plan:
 def local_out_dir(cfg: Config) -> Path:
     """Shards are written locally; an fsspec URL is staged under the cache and uploaded at the end."""
     url = cfg.data.shard_dir
-    if "://" not in url or url.startswith("file://"):
+    if scheme(url) == "pipe":
+        raise DataError(
+            f"data.shard_dir={url!r}: `sgdm prepare` cannot write through a pipe: command; write "
+            "to s3://, gs:// (or a local folder) and read the shards back with pipe: if you like"
+        )
+    if scheme(url) == "file":
         return Path(url.removeprefix("file://"))
     safe = hashlib.sha256(url.encode()).hexdigest()[:16]
     return Path(cfg.data.cache_dir) / "staging" / safe
@@ -126,7 +134,14 @@ def build_images(cfg: Config, out_dir: Path) -> tuple[dict[str, SplitImages], di
     fcfg = cfg.data.features
     enc_dir = out_dir / "encoders"
     clip = ClipEncoder(fcfg, enc_dir, cfg.experiment.seed)
-    vae = VaeEncoder(fcfg, enc_dir, cfg.experiment.seed + 1)
+    # No VAE weights given → an autoencoder trained on the train split, scored on val + test (#14).
+    vae = VaeEncoder(
+        fcfg,
+        enc_dir,
+        cfg.experiment.seed + 1,
+        train_images=[r.path for r in per_split["train"]],
+        held_out=[r.path for r in per_split["val"] + per_split["test"]],
+    )
     cache = FeatureCache(cfg.data.cache_dir)
     images: dict[str, SplitImages] = {}
     text: dict[str, np.ndarray] = {}
@@ -165,6 +180,7 @@ def build_images(cfg: Config, out_dir: Path) -> tuple[dict[str, SplitImages], di
         "vae": fcfg.vae,
         "vae_id": vae.info.model_id,
         "vae_scaling_factor": vae.scaling,
+        "vae_training": vae.info.training,
         "image_size": fcfg.image_size,
         "random_init": {"clip": clip.info.random_init, "vae": vae.info.random_init},
         "cache_keys": {"clip": clip.info.key, "vae": vae.info.key},
@@ -280,9 +296,12 @@ def process_session(
     else:
         assert files is not None
         seed = cfg.experiment.seed
-        ep = preprocess_session(
-            read_recording(files["training"]), read_recording(files["test"]), p, seed
-        )
+        read = read_recording
+        if cfg.data.source == "bids":
+            from sgdm_dist.data.bids import read_bids
+
+            read = partial(read_bids, image_dir=cfg.data.image_dir)
+        ep = preprocess_session(read(files["training"]), read(files["test"]), p, seed)
         ch_names, times, sfreq = ep.train.ch_names, ep.train.times, ep.train.sfreq
         tr_d, te_d, tr_c, te_c = (
             ep.train.data,
@@ -318,14 +337,24 @@ def _jobs(cfg: Config) -> list[tuple[int, int, dict[str, Path]]]:
             (s, 0, files)
             for s, files in find_preprocessed(cfg.data.raw_dir, cfg.data.subjects).items()
         ]
+    find = find_sessions
+    if cfg.data.source == "bids":
+        from sgdm_dist.data.bids import find_bids_sessions as find
     return [
         (f.subject, f.session, {"training": f.training, "test": f.test})
-        for f in find_sessions(cfg.data.raw_dir, cfg.data.subjects)
+        for f in find(cfg.data.raw_dir, cfg.data.subjects)
     ]
 
 
-def prepare(cfg: Config, synthetic: bool = False, progress: bool = True) -> Manifest:
-    """Run the whole preparation; idempotent and resumable. Returns the written manifest."""
+def prepare(
+    cfg: Config, synthetic: bool = False, progress: bool = True, overwrite: bool = False
+) -> Manifest:
+    """Run the whole preparation; idempotent and resumable. Returns the written manifest.
+
+    Holds the shard folder's lock throughout, cleans what a killed run left, refuses a folder made
+    with other settings (``overwrite`` empties it instead); the manifest is written last, after
+    every shard is in place, so a folder with a manifest is always complete.
+    """
     if synthetic or cfg.data.source == "synthetic":
         from sgdm_dist.data.synthetic import write_synthetic
 
@@ -335,7 +364,15 @@ def prepare(cfg: Config, synthetic: bool = False, progress: bool = True) -> Mani
             cfg.data.synthetic, cfg.data.raw_dir, cfg.data.image_dir, cfg.experiment.seed
         )
     out_dir = local_out_dir(cfg)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    with locked(out_dir):
+        removed = clean_leftovers(out_dir)
+        if removed:
+            log.info("removed %d leftover(s) of a killed run: %s", len(removed), removed[:5])
+        check_settings(out_dir, settings_of(cfg), overwrite)
+        return _prepare_locked(cfg, out_dir, progress)
+
+
+def _prepare_locked(cfg: Config, out_dir: Path, progress: bool) -> Manifest:
     images, enc, feature_meta = build_images(cfg, out_dir)
     plan = make_plan(cfg, out_dir, images, feature_meta["cache_keys"])
     jobs = _jobs(cfg)
@@ -357,100 +394,3 @@ def prepare(cfg: Config, synthetic: bool = False, progress: bool = True) -> Mani
     write_manifest(manifest, out_dir)
     _upload(cfg, out_dir)
     return manifest
-
-
-def assemble_manifest(
-    cfg: Config, out_dir: Path, plan: Plan, records: list[dict], enc: dict, feature_meta: dict
-) -> Manifest:
-    first = records[0]
-    for r in records:
-        if r["ch_names"] != first["ch_names"] or r["times"] != first["times"]:
-            raise DataError(
-                f"sub-{r['subject']:02d} ses-{r['session']:02d}: {len(r['ch_names'])} channels × "
-                f"{len(r['times'])} samples, but sub-{first['subject']:02d} "
-                f"ses-{first['session']:02d} has {len(first['ch_names'])} × {len(first['times'])} "
-                f"(channels {r['ch_names']} vs {first['ch_names']})"
-            )
-    splits: dict[str, SplitInfo] = {}
-    for split in SPLITS:
-        recs = sorted((r for r in records if r["split"] == split), key=lambda r: r["unit"])
-        shards = [
-            ShardEntry(subject=r["subject"], session=r["session"], **s)
-            for r in recs
-            for s in r["shards"]
-        ]
-        per_subject: dict[int, int] = {}
-        for e in shards:
-            per_subject[e.subject] = per_subject.get(e.subject, 0) + e.n_samples
-        si = plan.images[split]
-        splits[split] = SplitInfo(
-            shards=shards,
-            n_samples=sum(e.n_samples for e in shards),
-            per_subject=dict(sorted(per_subject.items())),
-            n_images=len(si.records),
-            concepts=si.concepts,
-            images_file=f"{split}_images.npz",
-            has_images=si.png is not None,
-        )
-    sessions: dict[int, list[int]] = {}
-    for r in records:
-        sessions.setdefault(r["subject"], [])
-        if r["session"] not in sessions[r["subject"]]:
-            sessions[r["subject"]].append(r["session"])
-    lat = plan.images["train"].latent.shape[1:] if len(plan.images["train"].records) else (4, 0, 0)
-    encoders = {
-        name: (_rel(info.path, out_dir) if info.random_init else str(info.path))
-        for name, info in enc.items()
-    }
-    fm = {k: v for k, v in feature_meta.items() if k != "cache"}
-    return Manifest(
-        package_version=__version__,
-        source=cfg.data.source,
-        ch_names=first["ch_names"],
-        sfreq=first["sfreq"],
-        times=first["times"],
-        n_channels=len(first["ch_names"]),
-        n_times=len(first["times"]),
-        eeg_unit=first["eeg_unit"],
-        clip_dim=int(plan.images["test"].clip.shape[1]),
-        latent_shape=tuple(int(x) for x in lat),
-        image_size=cfg.data.features.image_size,
-        subjects=sorted(sessions),
-        sessions={k: sorted(v) for k, v in sorted(sessions.items())},
-        n_concepts=len(plan.images["train"].concepts),
-        splits=splits,
-        preprocess=cfg.data.preprocess.model_dump(mode="json"),
-        features=fm,
-        encoders=encoders,
-        text_embeddings="text_embeddings.npz",
-        seed=cfg.experiment.seed,
-    )
-
-
-def _rel(path: str | None, root: Path) -> str:
-    p = Path(str(path))
-    try:
-        return str(p.resolve().relative_to(root.resolve()))
-    except ValueError:
-        return str(p)
-
-
-def _upload(cfg: Config, out_dir: Path) -> None:
-    url = cfg.data.shard_dir
-    if "://" not in url or url.startswith("file://"):
-        return
-    import fsspec
-
-    fs, path = fsspec.core.url_to_fs(url)
-    fs.put(str(out_dir).rstrip("/") + "/", path, recursive=True)
-    log.info("uploaded %s → %s", out_dir, url)
-
-
-def summary_rows(m: Manifest) -> list[tuple[str, str, int, int]]:
-    """(split, subject, samples, shards) rows for the summary table."""
-    rows = []
-    for split, info in m.splits.items():
-        for subject, n in info.per_subject.items():
-            n_shards = sum(1 for e in info.shards if e.subject == subject)
-            rows.append((split, f"sub-{subject:02d}", n, n_shards))
-    return rows

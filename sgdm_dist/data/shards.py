@@ -9,6 +9,7 @@ gives identical bytes.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -18,13 +19,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import fsspec
 import numpy as np
 import webdataset as wds
 from webdataset.tariterators import base_plus_ext, tar_file_iterator
 
+from sgdm_dist.atomic import DiskFullError, is_disk_full
 from sgdm_dist.data import DataError
-from sgdm_dist.data.io import atomic_write_json, sha256_file
+from sgdm_dist.data.io import atomic_write_json, open_url, sha256_file
+from sgdm_dist.data.samples import SampleSpec, check_sample
 
 UNITS_DIR = ".units"
 REQUIRED_KEYS = ("eeg.npy", "clip.npy", "latent.npy", "json")
@@ -101,10 +103,16 @@ def write_unit(
         final = Path(out_dir) / name
         tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
         # Integer mtime: a float one makes tarfile add a PAX header to every member (2× slower reads).
-        with wds.TarWriter(str(tmp), encoder=False, mtime=0) as sink:
-            for t in batch:
-                sink.write(encode(t))
-        os.replace(tmp, final)
+        try:
+            with wds.TarWriter(str(tmp), encoder=False, mtime=0) as sink:
+                for t in batch:
+                    sink.write(encode(t))
+            os.replace(tmp, final)
+        except Exception as exc:
+            tmp.unlink(missing_ok=True)
+            if is_disk_full(exc, final):
+                raise DiskFullError(final, exc) from exc
+            raise
         shards.append({"name": name, "n_samples": len(batch), "sha256": sha256_file(final)})
         batch.clear()
 
@@ -119,22 +127,42 @@ def write_unit(
     return rec
 
 
-def _open(url: str) -> Any:
-    if "://" in url and not url.startswith("file://"):
-        return fsspec.open(url, "rb").open()
-    return open(url.removeprefix("file://"), "rb")
+class _Hashing:
+    """File wrapper that feeds every byte read into sha256: the checksum costs no second pass."""
+
+    def __init__(self, f: Any, url: str) -> None:
+        self.f, self.h, self.url = f, hashlib.sha256(), url
+
+    def __repr__(self) -> str:
+        return self.url
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.f.read(n)
+        self.h.update(data)
+        return data
+
+    def drain(self) -> str:
+        while self.read(1 << 20):
+            pass
+        return self.h.hexdigest()
 
 
-def iter_shard(url: str, expected: int | None = None) -> Iterator[dict[str, Any]]:
+def iter_shard(
+    url: str, expected: int | None = None, sha256: str | None = None
+) -> Iterator[dict[str, Any]]:
     """Raw samples (dict of bytes + ``__key__``/``__url__``) of one shard.
 
     Raises :class:`DataError` naming the shard for a corrupt/truncated tar, a sample missing a
-    required key, or a sample count that differs from the manifest's (``expected``).
+    required key, a sample count that differs from the manifest's (``expected``) or, when
+    ``sha256`` is given, a content hash that differs (checked after the last byte is read: buffer
+    the samples, e.g. ``list(iter_shard(...))``, to use none of a shard that fails).
     """
     n = 0
     current: dict[str, Any] | None = None
+    found = None
     try:
-        with _open(url) as f:
+        with open_url(url) as raw:
+            f = _Hashing(raw, url) if sha256 else raw
             for member in tar_file_iterator(f):
                 key, ext = base_plus_ext(member["fname"])
                 data = member["data"]
@@ -145,18 +173,25 @@ def iter_shard(url: str, expected: int | None = None) -> Iterator[dict[str, Any]
                 if current is None:
                     current = {"__key__": key, "__url__": url}
                 current[ext] = data
+            if sha256:
+                found = f.drain()
     except (tarfile.TarError, EOFError, OSError) as exc:
         raise DataError(f"corrupt or truncated shard {url}: {exc}") from None
-    if current is not None:
-        n += 1
-        # tarfile ends a stream cut at a header boundary silently, so a truncated shard shows up
-        # as a short count with a partial last sample: report the count, not the partial sample.
-        if expected is None or n == expected:
-            yield _checked(current, url)
-    if expected is not None and n != expected:
+    n_final = n + (current is not None)
+    # The count first: a tar cut at a header boundary ends silently, and "truncated" says more
+    # than a hash mismatch; a partial last sample is never yielded.
+    if expected is not None and n_final != expected:
         raise DataError(
-            f"shard {url} holds {n} samples but the manifest says {expected} (truncated or replaced)"
+            f"shard {url} holds {n_final} samples but the manifest says {expected} "
+            "(truncated or replaced)"
         )
+    if found is not None and found != sha256:
+        raise DataError(
+            f"shard {url}: sha256 expected {sha256} (manifest), found {found}: the shard was "
+            "replaced or damaged; run `sgdm verify CONFIG` and re-run `sgdm prepare`"
+        )
+    if current is not None:
+        yield _checked(current, url)
 
 
 def _checked(sample: dict[str, Any], url: str) -> dict[str, Any]:
@@ -188,28 +223,48 @@ def load_npy(buf: bytes) -> np.ndarray:
     return np.load(io.BytesIO(buf), allow_pickle=False)
 
 
-def decode(sample: dict[str, Any]) -> dict[str, Any]:
+def decode(
+    sample: dict[str, Any], spec: SampleSpec | None = None, finite: bool = True
+) -> dict[str, Any]:
     """Bytes → arrays as stored (float16; the loader converts whole batches), metadata dict and the
-    optional image [3, H, W] float32 in [0, 1]."""
+    optional image [3, H, W] float32 in [0, 1]. With ``spec`` (from the manifest) every array is
+    checked for dtype, shape and finiteness (:func:`check_sample`); without, EEG finiteness only."""
     url = sample.get("__url__", "?")
+    key = sample.get("__key__")
+    out: dict[str, Any] = {"key": key, "url": url}
+    for name, ext in (("eeg", "eeg.npy"), ("clip", "clip.npy"), ("latent", "latent.npy")):
+        if ext not in sample:
+            raise DataError(f"shard {url}: sample '{key}' is missing key '{ext}'")
+        try:
+            out[name] = load_npy(sample[ext])
+        except (ValueError, OSError, EOFError) as exc:
+            raise DataError(
+                f"shard {url}: sample '{key}': key '{ext}' cannot be decoded: {exc}"
+            ) from None
     try:
-        out: dict[str, Any] = {
-            "key": sample["__key__"],
-            "eeg": load_npy(sample["eeg.npy"]),
-            "clip": load_npy(sample["clip.npy"]),
-            "latent": load_npy(sample["latent.npy"]),
-            "meta": json.loads(sample["json"]),
-        }
-        if "img.png" in sample:
-            from PIL import Image
-
-            with Image.open(io.BytesIO(sample["img.png"])) as im:
-                arr = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
-            out["image"] = arr.transpose(2, 0, 1).copy()
-    except (ValueError, KeyError, OSError) as exc:
+        out["meta"] = json.loads(sample["json"])
+    except (ValueError, KeyError) as exc:
         raise DataError(
-            f"shard {url}: sample '{sample.get('__key__')}' cannot be decoded: {exc}"
+            f"shard {url}: sample '{key}': key 'json' cannot be decoded: {exc}"
         ) from None
-    if not np.isfinite(out["eeg"]).all():
-        raise DataError(f"shard {url}: sample '{out['key']}' has non-finite EEG")
+    if "img.png" in sample:
+        try:
+            out["image"] = _png_array(sample["img.png"])
+        except (ValueError, OSError) as exc:
+            raise DataError(
+                f"shard {url}: sample '{key}': key 'img.png' cannot be decoded: {exc}"
+            ) from None
+    if spec is not None:
+        check_sample(out, spec, url, finite)
+    elif not np.isfinite(out["eeg"]).all():
+        raise DataError(f"shard {url}: sample '{key}' has non-finite EEG")
     return out
+
+
+def _png_array(data: bytes) -> np.ndarray:
+    """PNG bytes → [3, H, W] float32 in [0, 1]."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as im:
+        arr = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
+    return arr.transpose(2, 0, 1).copy()

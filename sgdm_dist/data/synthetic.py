@@ -4,8 +4,11 @@ Generative model (docs/data.md has the full story):
 
 * every image ``i`` has latent factors ``z_i = c_concept + image_spread · ε`` in R^F; its pixels are a
   smooth nonlinear rendering of ``z_i`` (coloured blobs and gratings), so image encoders see them;
-* F "content" sources respond to an image with ``z_if · w_f(t)`` (ERP-like bumps peaking at 80-200 ms) plus two
-  content-free sources (P1/N1-like), so the EEG carries the image factors linearly;
+* F "content" sources respond to an image plus two content-free sources (P1/N1-like). How depends on
+  ``family`` (docs/decoding.md): ``additive`` — ``z_if · w_f(t)``, ERP-like bumps peaking at 80-200 ms, so
+  the EEG carries the image factors linearly; ``latency`` — the factors shift each bump's latency and
+  width (±30 ms) and only weakly scale it; ``nonlinear`` — damped oscillations whose amplitudes are
+  rectified random mixtures of the factors. Subjects may differ in latency and gain, trials in latency;
 * sources reach the 63 scalp channels through a subject-specific mixing matrix
   ``A_s = (1 − v) · A_common + v · A_subject`` (v = ``subject_variability``), posterior topographies;
 * background: spatially mixed pink noise, occipital alpha bursts, line noise, slow drifts, frontal
@@ -29,6 +32,7 @@ from sgdm_dist.atomic import atomic_write
 from sgdm_dist.config.data import SyntheticConfig
 from sgdm_dist.data.io import atomic_save_npy
 from sgdm_dist.data.sources import THINGS_CHANNELS
+from sgdm_dist.data.stimuli import render as render_stimulus
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +97,11 @@ class World:
     waveforms: np.ndarray  # [F + 2, L] source time courses (unit peak)
     a_common: np.ndarray  # [63, F + 2] common spatial patterns
     positions: np.ndarray  # [63, 3] channel positions, m
+    latency: np.ndarray  # [F + 2] bump latencies, s
+    width: np.ndarray  # [F + 2] bump widths, s
+    sign: np.ndarray  # [F + 2] bump polarities
+    mixing: np.ndarray  # [F, F] factor mixing of the nonlinear family
+    freq: np.ndarray  # [F + 2] oscillation frequencies of the nonlinear family, Hz
 
 
 def write_synthetic(
@@ -105,6 +114,9 @@ def write_synthetic(
     written: list[Path] = []
     for subject in range(1, cfg.n_subjects + 1):
         a_subject = _subject_mixing(cfg, world, np.random.default_rng([seed, 13, subject]))
+        srng = np.random.default_rng([seed, 19, subject])
+        shift = cfg.subject_latency_s * float(srng.standard_normal())
+        gain = float(np.exp(cfg.subject_gain * srng.standard_normal()))
         for session in range(1, cfg.n_sessions + 1):
             ses_dir = Path(raw_dir) / f"sub-{subject:02d}" / f"ses-{session:02d}"
             for p_idx, part in enumerate(("training", "test")):
@@ -114,7 +126,7 @@ def write_synthetic(
                     continue
                 srng = np.random.default_rng([seed, 17, subject, session, p_idx])
                 reps = cfg.train_reps if part == "training" else cfg.test_reps
-                data = _record(cfg, world, part, reps, a_subject, srng)
+                data = _record(cfg, world, part, reps, a_subject * gain, srng, shift)
                 atomic_save_npy(path, data, allow_pickle=True)
     log.info("synthetic dataset: %d recordings under %s", len(written), raw_dir)
     return written
@@ -147,16 +159,48 @@ def _make_world(cfg: SyntheticConfig, rng: np.random.Generator) -> World:
         factors[part] = centres[idx] + cfg.image_spread * rng.standard_normal((len(idx), f))
         concept_of[part] = idx
     t = np.arange(int(RESPONSE_S * SFREQ)) / SFREQ
-    waves = []
+    params = []
     for k in range(f + 2):
         if k < 2:  # content-free P1 (~100 ms, +) and N1 (~170 ms, −)
             lat, width, sign = (0.1, 0.025, 1.0) if k == 0 else (0.17, 0.035, -1.0)
         else:
             lat, width, sign = rng.uniform(0.08, 0.2), rng.uniform(0.02, 0.05), rng.choice([-1, 1])
-        waves.append(sign * np.exp(-0.5 * ((t - lat) / width) ** 2))
+        params.append((lat, width, float(sign)))
+    lat, width, sign = (np.array(v) for v in zip(*params, strict=True))
+    waves = sign[:, None] * np.exp(-0.5 * ((t[None] - lat[:, None]) / width[:, None]) ** 2)
     positions = _positions()
     a_common = _topographies(positions, f + 2, rng)
-    return World(concepts, factors, concept_of, np.stack(waves), a_common, positions)
+    # Drawn after everything above so the additive family's world is unchanged by the other families.
+    mixing = rng.standard_normal((f, f)) / np.sqrt(f)
+    freq = rng.uniform(4.0, 12.0, size=f + 2)
+    return World(
+        concepts, factors, concept_of, waves, a_common, positions, lat, width, sign, mixing, freq
+    )
+
+
+def _response(cfg: SyntheticConfig, world: World, z: np.ndarray, shift: float) -> np.ndarray:
+    """Source time courses [F + 2, L] evoked by an image with factors z [F], delayed by shift s."""
+    if cfg.family == "additive" and shift == 0.0:
+        return np.concatenate([[1.0, 1.0], z])[:, None] * world.waveforms
+    t = np.arange(world.waveforms.shape[1]) / SFREQ
+    lat, width = world.latency + shift, world.width.copy()
+    amp = np.ones(len(lat))
+    if cfg.family == "additive":
+        amp[2:] = z
+    elif cfg.family == "latency":
+        # Which factor moves which property is scrambled, so no single source is linear in one z.
+        lat[2:] += 0.03 * np.tanh(np.roll(z, 1))
+        width[2:] *= np.exp(0.25 * np.tanh(np.roll(z, 2)))
+        amp[2:] = 1.0 + 0.3 * z
+    else:  # nonlinear: rectified mixtures drive damped oscillations
+        amp[2:] = 1.5 * (np.maximum(world.mixing @ z, 0.0) - 0.4)
+    dt = t[None] - lat[:, None]
+    bump = np.exp(-0.5 * (dt / width[:, None]) ** 2)
+    if cfg.family == "nonlinear":
+        damp = np.where(dt > -width[:, None], np.exp(-np.maximum(dt, 0) / 0.12), 0.0)
+        osc = np.cos(2 * np.pi * world.freq[:, None] * dt) * damp
+        bump = np.concatenate([bump[:2], osc[2:]])
+    return (amp * world.sign)[:, None] * bump
 
 
 def _positions() -> np.ndarray:
@@ -191,6 +235,7 @@ def _record(
     reps: int,
     mixing: np.ndarray,
     rng: np.random.Generator,
+    shift: float = 0.0,
 ) -> dict:
     """One continuous recording in THINGS-EEG2's raw dict format (63 EEG channels + stim)."""
     n_img = len(world.factors[part])
@@ -208,8 +253,9 @@ def _record(
             if code != TARGET_EVENT
             else rng.standard_normal(cfg.n_factors)
         )
-        amp = np.concatenate([[1.0, 1.0], z]) * (1 + 0.1 * rng.standard_normal())
-        sources[:, onset : onset + L] += amp[:, None] * world.waveforms
+        gain = 1 + 0.1 * rng.standard_normal()
+        jitter = cfg.latency_jitter_s * rng.standard_normal() if cfg.latency_jitter_s else 0.0
+        sources[:, onset : onset + L] += gain * _response(cfg, world, z, shift + jitter)
     eeg = cfg.snr * SIGNAL_V * (mixing @ sources)
     eeg += _background(cfg, world, n, rng)
     stim = np.zeros((1, n))
@@ -281,7 +327,6 @@ def _image_basis(f: int, px: int, rng: np.random.Generator) -> np.ndarray:
 def _write_images(
     cfg: SyntheticConfig, world: World, image_dir: Path, rng: np.random.Generator, overwrite: bool
 ) -> None:
-    basis = _image_basis(cfg.n_factors, cfg.image_px, rng)
     for part, names in world.concepts.items():
         counts = np.zeros(len(names), dtype=int)
         for z, c in zip(world.factors[part], world.concept_of[part], strict=True):
@@ -290,5 +335,6 @@ def _write_images(
             path = Path(image_dir) / f"{part}_images" / names[c] / f"{word}_{counts[c]:02d}.png"
             if path.exists() and not overwrite:
                 continue
-            img = Image.fromarray(_render(z, basis))
+            # The image is drawn from the same factors z that drive the EEG (data/stimuli.py).
+            img = Image.fromarray(render_stimulus(z, cfg.image_px))
             atomic_write(path, lambda tmp, img=img: img.save(tmp, format="PNG"))

@@ -20,11 +20,19 @@ from sgdm_dist.launch import pods
 
 # kind → (group, version, plural) of the custom resources sgdm creates.
 CUSTOM_KINDS: dict[str, tuple[str, str, str]] = {
+    "TrainJob": ("trainer.kubeflow.org", "v1alpha1", "trainjobs"),
     "PyTorchJob": ("kubeflow.org", "v1", "pytorchjobs"),
     "RayJob": ("ray.io", "v1", "rayjobs"),
 }
+# Training APIs in the order `--api auto` prefers them: Trainer v2 first, the operator it replaced next.
+TRAINING_APIS = {"trainjob": "TrainJob", "pytorchjob": "PyTorchJob"}
 # Whose logs `sgdm launch logs` shows when no role is given: rank 0, or the Ray job driver's output.
-DEFAULT_LOG_ROLE = {"PyTorchJob": "master", "RayJob": "submitter"}
+DEFAULT_LOG_ROLE = {"TrainJob": "node", "PyTorchJob": "master", "RayJob": "submitter"}
+CRD_HELP = {
+    "TrainJob": "Kubeflow Trainer v2",
+    "PyTorchJob": "the Training Operator",
+    "RayJob": "KubeRay",
+}
 
 
 class LaunchError(RuntimeError):
@@ -101,7 +109,7 @@ class Cluster:
             if exc.status == 404 and kind in CUSTOM_KINDS:
                 raise LaunchError(
                     f"cannot create {where}: the {kind} CRD is not installed "
-                    "(see docs/deploy.md: Training Operator / KubeRay)"
+                    f"(see docs/deploy.md step 0: {CRD_HELP[kind]})"
                 ) from None
             raise _api_error(f"cannot create {where}", exc) from None
 
@@ -117,9 +125,32 @@ class Cluster:
             raise
         return created
 
+    # -- discovery ------------------------------------------------------------------------------
+    def serves(self, kind: str) -> bool:
+        """Whether the API server serves ``kind``'s resource (its CRD is installed)."""
+        group, version, plural = CUSTOM_KINDS[kind]
+        try:
+            listed = self.custom.get_api_resources(group, version)
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise _api_error(f"cannot discover {group}/{version}", exc) from None
+        return any(r.name == plural for r in (listed.resources if listed else []) or [])
+
+    def training_api(self) -> str:
+        """``trainjob`` or ``pytorchjob``: the first the cluster serves, TrainJob preferred."""
+        for api, kind in TRAINING_APIS.items():
+            if self.serves(kind):
+                return api
+        raise LaunchError(
+            "neither the TrainJob CRD (trainer.kubeflow.org/v1alpha1, Kubeflow Trainer v2) nor the "
+            "PyTorchJob CRD (kubeflow.org/v1, Training Operator) is installed on this cluster "
+            "(see docs/deploy.md step 0), or --kubeconfig/--context point at another cluster"
+        )
+
     # -- read -----------------------------------------------------------------------------------
     def get_job(self, namespace: str, name: str) -> dict[str, Any]:
-        """The PyTorchJob or RayJob called ``name``."""
+        """The TrainJob, PyTorchJob or RayJob called ``name``."""
         for kind, (group, version, plural) in CUSTOM_KINDS.items():
             try:
                 return self.custom.get_namespaced_custom_object(
@@ -128,7 +159,9 @@ class Cluster:
             except ApiException as exc:
                 if exc.status != 404:
                     raise _api_error(f"cannot read {kind} {namespace}/{name}", exc) from None
-        raise LaunchError(f"no sgdm job {namespace}/{name} (neither PyTorchJob nor RayJob)")
+        raise LaunchError(
+            f"no sgdm job {namespace}/{name} (no TrainJob, PyTorchJob or RayJob of that name)"
+        )
 
     def job_pods(self, namespace: str, name: str) -> list[client.V1Pod]:
         try:
@@ -142,10 +175,11 @@ class Cluster:
     def status(self, namespace: str, name: str) -> JobStatus:
         job = self.get_job(namespace, name)
         st = job.get("status") or {}
-        if job["kind"] == "PyTorchJob":
+        if job["kind"] in ("PyTorchJob", "TrainJob"):
             conditions = [c for c in st.get("conditions", []) if c.get("status") == "True"]
             state = conditions[-1]["type"] if conditions else "Pending"
-            detail = {"replicaStatuses": st.get("replicaStatuses", {})}
+            key = "replicaStatuses" if job["kind"] == "PyTorchJob" else "jobsStatus"
+            detail = {key: st.get(key, {})}
         else:
             state = st.get("jobStatus") or st.get("jobDeploymentStatus") or "Pending"
             detail = {

@@ -25,6 +25,8 @@ JOB_LABEL = "sgdm-dist/job"
 ROLE_LABEL = "sgdm-dist/role"
 PART_OF = {"app.kubernetes.io/part-of": "sgdm-dist", "app.kubernetes.io/managed-by": "sgdm"}
 
+QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+
 MLFLOW_SECRET_KEYS = ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
 MAX_NAME = 40
 
@@ -41,6 +43,25 @@ def job_name(cfg: Config) -> str:
     if not slug or not slug[0].isalpha():
         slug = f"sgdm-{slug}".rstrip("-")
     return slug[:MAX_NAME].rstrip("-")
+
+
+def job_labels(cfg: Config, name: str, component: str) -> dict[str, str]:
+    """Labels of the job object: ours plus Kueue's queue name when ``scheduling.queue`` is set."""
+    out = labels(name, component)
+    if cfg.launch.scheduling.queue:
+        out[QUEUE_LABEL] = cfg.launch.scheduling.queue
+    return out
+
+
+def topology_annotations(cfg: Config) -> dict[str, str]:
+    """Kueue topology-aware scheduling hints for a pod template."""
+    sched = cfg.launch.scheduling
+    out = {}
+    if sched.topology_required:
+        out["kueue.x-k8s.io/podset-required-topology"] = sched.topology_required
+    elif sched.topology_preferred:
+        out["kueue.x-k8s.io/podset-preferred-topology"] = sched.topology_preferred
+    return out
 
 
 def config_map_name(name: str) -> str:
@@ -66,7 +87,10 @@ def pod_security() -> dict[str, Any]:
         "runAsNonRoot": True,
         "runAsUser": USER_ID,
         "runAsGroup": USER_ID,
+        # Checkpoints are trusted input (DeepSpeed unpickles them): the claim is group-owned by this
+        # uid/gid; only pods running as it write there.
         "fsGroup": USER_ID,
+        "fsGroupChangePolicy": "OnRootMismatch",
         "seccompProfile": {"type": "RuntimeDefault"},
     }
 
@@ -79,11 +103,14 @@ def container_security() -> dict[str, Any]:
     }
 
 
-def resources(cpu: str, memory: str, gpus: int, gpu_resource: str) -> dict[str, Any]:
+def resources(
+    cpu: str, memory: str, gpus: int, gpu_resource: str, extra: dict[str, int] | None = None
+) -> dict[str, Any]:
     """Requests = limits (Guaranteed QoS: the scheduler never overcommits a training node)."""
     amounts: dict[str, Any] = {"cpu": cpu, "memory": memory}
     if gpus > 0:
         amounts[gpu_resource] = gpus
+    amounts.update(extra or {})
     return {"requests": dict(amounts), "limits": dict(amounts)}
 
 
@@ -91,6 +118,22 @@ def secret_env(secret: str, keys: tuple[str, ...] = MLFLOW_SECRET_KEYS) -> list[
     """Env vars read from a Secret; the values never appear in a manifest."""
     return [
         {"name": key, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}} for key in keys
+    ]
+
+
+def shard_secret_env(cfg: Config) -> list[dict[str, Any]]:
+    """``launch.shard_secret``'s keys as env vars (object-store credentials); absent keys skipped."""
+    launch = cfg.launch
+    if launch.shard_secret is None:
+        return []
+    return [
+        {
+            "name": key,
+            "valueFrom": {
+                "secretKeyRef": {"name": launch.shard_secret, "key": key, "optional": True}
+            },
+        }
+        for key in launch.shard_secret_keys
     ]
 
 
@@ -144,6 +187,7 @@ def pod_spec(
     vols: list[dict[str, Any]],
     gpus: int,
     restart_policy: str | None = None,
+    grace_s: int | None = None,
 ) -> dict[str, Any]:
     spec: dict[str, Any] = {
         "serviceAccountName": cfg.launch.service_account,
@@ -155,6 +199,10 @@ def pod_spec(
     }
     if restart_policy is not None:
         spec["restartPolicy"] = restart_policy
+    if grace_s is not None:
+        spec["terminationGracePeriodSeconds"] = grace_s
+    if cfg.launch.scheduling.priority_class:
+        spec["priorityClassName"] = cfg.launch.scheduling.priority_class
     tolerations = gpu_tolerations(cfg, gpus)
     if tolerations:
         spec["tolerations"] = tolerations

@@ -14,10 +14,13 @@ import yaml
 from sgdm_dist.config import Config, validate
 from sgdm_dist.launch import pods
 from sgdm_dist.launch.training import render_pytorchjob
+from sgdm_dist.launch.trainjob import render_trainjob
 from sgdm_dist.launch.tuning import render_rayjob
 
 Target = Literal["train", "tune"]
 TARGETS: tuple[Target, ...] = ("train", "tune")
+Api = Literal["trainjob", "pytorchjob"]
+APIS: tuple[Api, ...] = ("trainjob", "pytorchjob")
 
 
 def pod_config(cfg: Config, name: str) -> Config:
@@ -46,14 +49,29 @@ def render_config_map(cfg: Config, name: str, component: str) -> dict[str, Any]:
     }
 
 
-def render(cfg: Config, target: Target = "train") -> list[dict[str, Any]]:
-    """``[ConfigMap, PyTorchJob]`` for ``train``, ``[ConfigMap, RayJob]`` for ``tune``."""
+def training_api(cfg: Config, api: str | None = None) -> Api:
+    """``api``, else ``launch.api``; ``auto`` without a cluster to ask means the current one, TrainJob."""
+    chosen = api or cfg.launch.api
+    if chosen == "auto":
+        return "trainjob"
+    if chosen not in APIS:
+        raise ValueError(f"unknown training API {chosen!r}; expected one of {', '.join(APIS)}")
+    return chosen  # type: ignore[return-value]
+
+
+def render(cfg: Config, target: Target = "train", api: str | None = None) -> list[dict[str, Any]]:
+    """``[ConfigMap, TrainJob | PyTorchJob]`` for ``train``, ``[ConfigMap, RayJob]`` for ``tune``."""
     if target not in TARGETS:
         raise ValueError(f"unknown launch target {target!r}; expected one of {', '.join(TARGETS)}")
     name = pods.job_name(cfg)
-    if target == "train":
-        return [render_config_map(cfg, name, "training"), render_pytorchjob(cfg, name)]
-    return [render_config_map(cfg, name, "tuning"), render_rayjob(cfg, name)]
+    if target == "tune":
+        return [render_config_map(cfg, name, "tuning"), render_rayjob(cfg, name)]
+    job = (
+        render_trainjob(cfg, name)
+        if training_api(cfg, api) == "trainjob"
+        else render_pytorchjob(cfg, name)
+    )
+    return [render_config_map(cfg, name, "training"), job]
 
 
 def to_yaml(objects: list[dict[str, Any]]) -> str:

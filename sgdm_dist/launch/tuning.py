@@ -35,14 +35,15 @@ def _ray_template(cfg: Config, name: str, role: str, *, head: bool) -> dict[str,
     launch = cfg.launch
     res = launch.tune.head if head else launch.resources
     gpus = 0 if head else launch.gpus_per_node
-    vols, mounts = pods.volumes(cfg, name, res.shm)
+    cpu, memory, shm = res.for_gpus(gpus)
+    vols, mounts = pods.volumes(cfg, name, shm)
     container: dict[str, Any] = {
         "name": "ray-head" if head else "ray-worker",
         "image": launch.image,
         "imagePullPolicy": launch.image_pull_policy,
         "workingDir": pods.APP_DIR,
         "env": _env(cfg),
-        "resources": pods.resources(res.cpu, res.memory, gpus, launch.gpu_resource),
+        "resources": pods.resources(cpu, memory, gpus, launch.gpu_resource),
         "securityContext": pods.container_security(),
         "volumeMounts": mounts,
     }
@@ -121,7 +122,7 @@ def render_rayjob(cfg: Config, name: str) -> dict[str, Any]:
         "metadata": {
             "name": name,
             "namespace": launch.namespace,
-            "labels": pods.labels(name, "tuning"),
+            "labels": pods.job_labels(cfg, name, "tuning"),
         },
         "spec": spec,
     }

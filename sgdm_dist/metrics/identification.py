@@ -58,7 +58,12 @@ def two_way_identification(gt: Tensor, recon: Tensor) -> float:
     return float(two_way_identification_per_image(gt, recon).mean())
 
 
+def correlation_distance_per_image(gt: Tensor, recon: Tensor) -> Tensor:
+    """Correlation distance 1 − Pearson(gt_j, recon_j) of each image [N] (float64)."""
+    g, r = _check_features(gt, recon)
+    return 1.0 - undefined_as_zero(rowwise_pearson(g, r), "correlation distance")
+
+
 def correlation_distance(gt: Tensor, recon: Tensor) -> float:
     """Mean correlation distance 1 − Pearson(gt_j, recon_j) over images (↓, 0 for identical)."""
-    g, r = _check_features(gt, recon)
-    return float((1.0 - undefined_as_zero(rowwise_pearson(g, r), "correlation distance")).mean())
+    return float(correlation_distance_per_image(gt, recon).mean())

@@ -12,9 +12,12 @@ from torch import Tensor
 
 from sgdm_dist.config.evaluate import EvaluateConfig
 from sgdm_dist.metrics.backbones import Backbone, load_backbones
-from sgdm_dist.metrics.identification import correlation_distance, two_way_identification
-from sgdm_dist.metrics.images import check_image_pair
-from sgdm_dist.metrics.reconstruction import pixcorr, ssim
+from sgdm_dist.metrics.identification import (
+    correlation_distance_per_image,
+    two_way_identification_per_image,
+)
+from sgdm_dist.metrics.images import check_image_pair, resize_square
+from sgdm_dist.metrics.reconstruction import pixcorr_per_image, ssim_per_image
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +25,7 @@ log = logging.getLogger(__name__)
 METRIC_ORDER = [
     "PixCorr",
     "SSIM",
+    "Pixel(2-way)",
     "AlexNet(2)",
     "AlexNet(5)",
     "Inception",
@@ -31,6 +35,7 @@ METRIC_ORDER = [
 ]
 HIGHER_IS_BETTER = {m: m not in ("EffNet-B", "SwAV") for m in METRIC_ORDER}
 RANDOM_INIT_SUFFIX = ".random_init"
+PIXEL_ID_SIZE = 64  # px: two-way identification on raw pixels, resized (bilinear) to this side
 
 
 def reconstruction_metrics(
@@ -49,6 +54,25 @@ def reconstruction_metrics(
     Returns PixCorr, SSIM, and per backbone metric its score plus ``<metric>.random_init`` (1.0 when
     the backbone had no real weights: such numbers are not comparable with papers), and ``n_images``.
     """
+    per_image, flags = per_image_metrics(recon, gt, backbones, device, batch_size)
+    out: dict[str, float] = {"n_images": float(recon.shape[0])}
+    for metric, scores in per_image.items():
+        out[metric] = float(scores.mean())
+        if metric in flags:
+            out[metric + RANDOM_INIT_SUFFIX] = flags[metric]
+    return out
+
+
+def per_image_metrics(
+    recon: Tensor,
+    gt: Tensor,
+    backbones: Mapping[str, Any] | EvaluateConfig | None = None,
+    device: str | torch.device = "cpu",
+    batch_size: int | None = None,
+) -> tuple[dict[str, Tensor], dict[str, float]]:
+    """Each metric's score per image ({metric: [N] float64}; its mean is the metric) and the
+    random-init flag of each backbone metric ({metric: 1.0 | 0.0}). Two-way identification per
+    image is the fraction of the other N − 1 images it beats, so it depends on the whole set."""
     check_image_pair(recon, gt)
     if recon.shape[0] < 2:
         raise ValueError(
@@ -56,24 +80,26 @@ def reconstruction_metrics(
         )
     loaded, cfg_batch = _as_backbones(backbones, device)
     batch_size = batch_size or cfg_batch
-    out: dict[str, float] = {
-        "n_images": float(recon.shape[0]),
-        "PixCorr": pixcorr(recon, gt),
-        "SSIM": ssim(recon, gt),
+    out: dict[str, Tensor] = {
+        "PixCorr": pixcorr_per_image(recon, gt),
+        "SSIM": ssim_per_image(recon, gt),
+        "Pixel(2-way)": two_way_identification_per_image(
+            resize_square(gt, PIXEL_ID_SIZE), resize_square(recon, PIXEL_ID_SIZE)
+        ),
     }
+    flags: dict[str, float] = {}
     for name, backbone in loaded.items():
         feats_gt = backbone.features(gt, batch_size)
         feats_recon = backbone.features(recon, batch_size)
         for metric in backbone.spec.metrics:
-            score = (
-                two_way_identification(feats_gt[metric], feats_recon[metric])
+            out[metric] = (
+                two_way_identification_per_image(feats_gt[metric], feats_recon[metric])
                 if backbone.spec.kind == "two_way"
-                else correlation_distance(feats_gt[metric], feats_recon[metric])
+                else correlation_distance_per_image(feats_gt[metric], feats_recon[metric])
             )
-            out[metric] = score
-            out[metric + RANDOM_INIT_SUFFIX] = float(backbone.random_init)
+            flags[metric] = float(backbone.random_init)
         log.info("reconstruction metrics from %s done (%s)", name, backbone.source)
-    return out
+    return out, flags
 
 
 def random_init_metrics(metrics: Mapping[str, float]) -> list[str]:

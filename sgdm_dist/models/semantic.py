@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from sgdm_dist.collective import gather_no_grad, gather_with_grad
 from sgdm_dist.config.model import SemanticConfig
 
 
@@ -18,8 +19,8 @@ class SemanticHead(nn.Module):
     ~0.95 for the tiny random CLIP), so the image-specific part is a small fraction of each target and
     a contrastive loss on raw embeddings easily collapses every prediction onto the common direction.
     With ``center_targets`` the head predicts the direction of ``clip − mean`` (the mean is a running
-    buffer updated from training batches); :meth:`to_clip` maps a prediction back onto the raw CLIP
-    sphere for retrieval against raw image embeddings.
+    buffer updated from training batches); :meth:`to_clip` is the retrieval query (the prediction
+    itself, see there).
     """
 
     def __init__(self, cfg: SemanticConfig, *, in_dim: int, clip_dim: int) -> None:
@@ -57,6 +58,7 @@ class SemanticHead(nn.Module):
         # Cumulative average for the first 1/momentum batches, then an exponential moving average.
         # Tensor arithmetic, not .item(): no device sync per step, and traceable on the meta device.
         rate = (1.0 / (self.target_updates + 1).float()).clamp(min=self.momentum)
+        clip = gather_no_grad(clip.float())  # the global batch: identical buffers on every rank
         self.target_mean.lerp_(clip.float().mean(dim=0), rate)
         spread = (clip.float() - self.target_mean).norm(dim=-1).mean()
         self.target_spread.lerp_(spread, rate)
@@ -69,11 +71,15 @@ class SemanticHead(nn.Module):
         return F.normalize(clip - self.target_mean.to(clip.dtype), dim=-1)
 
     def to_clip(self, z_sem: Tensor) -> Tensor:
-        """Predicted directions [B, D] → L2-normalised estimates on the raw CLIP sphere."""
-        if not self.center_targets:
-            return z_sem
-        mean = self.target_mean.to(z_sem.dtype)
-        return F.normalize(mean + self.target_spread.to(z_sem.dtype) * z_sem, dim=-1)
+        """Predicted directions [B, D] → the query used for retrieval against raw CLIP embeddings.
+
+        The prediction itself: ranking raw unit targets t by z·t ranks them by z·(t − mean), because
+        z·mean is one constant per query — retrieval happens in the space the head was trained in.
+        Mapping z back onto the raw sphere (normalize(mean + spread·z), what this did before) let the
+        shared mean dominate every cosine: test queries collapsed onto a few hub images, and as
+        ‖mean‖ > spread the map is not even injective (docs/decoding.md, cause 1).
+        """
+        return z_sem
 
 
 def contrastive_loss(
@@ -84,13 +90,18 @@ def contrastive_loss(
     Trials of the same image (equal ``image_index``) are all positives of each other, so repetitions
     of a stimulus in one batch are not pushed apart as false negatives.
     """
-    logits = scale * pred @ target.T  # [B, B]
+    # Over the global batch (sgdm_dist.collective): this rank's rows [B] against every rank's
+    # columns [W*B]; the mean over ranks of these local losses is the 1-process loss. fp32 logits.
+    pred, target = pred.float(), target.float()
+    all_pred, first = gather_with_grad(pred)
+    all_target, _ = gather_with_grad(target)
     if image_index is None:
-        image_index = torch.arange(pred.shape[0], device=pred.device)
-    same = (image_index[:, None] == image_index[None, :]).float()
+        image_index = first + torch.arange(pred.shape[0], device=pred.device)
+    all_index = gather_no_grad(image_index)
+    same = (image_index[:, None] == all_index[None, :]).float()  # [B, W*B]
     soft = same / same.sum(dim=1, keepdim=True)
-    eeg_to_img = -(soft * logits.log_softmax(dim=1)).sum(dim=1).mean()
-    img_to_eeg = -(soft * logits.T.log_softmax(dim=1)).sum(dim=1).mean()
+    eeg_to_img = -(soft * (scale * pred @ all_target.T).log_softmax(dim=1)).sum(dim=1).mean()
+    img_to_eeg = -(soft * (scale * target @ all_pred.T).log_softmax(dim=1)).sum(dim=1).mean()
     return (eeg_to_img + img_to_eeg) / 2
 
 

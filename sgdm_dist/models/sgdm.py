@@ -31,6 +31,7 @@ from sgdm_dist.models.diffusion import (
     timestep_batch,
 )
 from sgdm_dist.models.encoder import EEGEncoder, EncoderOutput
+from sgdm_dist.models.encoders import make_encoder
 from sgdm_dist.models.reference import ReferenceConditioning, ReferenceEncoder
 from sgdm_dist.models.semantic import (
     SemanticHead,
@@ -38,6 +39,12 @@ from sgdm_dist.models.semantic import (
     contrastive_loss,
     cosine_loss,
     in_batch_top1,
+)
+from sgdm_dist.models.structure import (
+    StructureHead,
+    noised_start,
+    start_timesteps,
+    structure_loss,
 )
 
 Stage = Literal["align", "diffusion", "joint"]
@@ -69,7 +76,7 @@ class SGDM(nn.Module):
                 )
             )
         else:
-            self.encoder = EEGEncoder(cfg.encoder, **dims)
+            self.encoder = make_encoder(cfg.encoder, **dims)
             self.conditioning = MultiScaleConditioning(
                 cfg.conditioning,
                 eeg_dim=cfg.encoder.dim,
@@ -84,6 +91,12 @@ class SGDM(nn.Module):
         self.unet = unet
         self.noise_scheduler = make_train_scheduler(cfg.diffusion)
         self._check_unet()
+        # Structure guidance (models/structure.py): z_eeg → the coarse latent sampling starts from.
+        self.structure = (
+            StructureHead(cfg.encoder.dim, self.latent_shape, hidden=2 * cfg.encoder.dim)
+            if cfg.lambda_structure > 0
+            else None
+        )
 
     # ---------------------------------------------------------------- building blocks
     def _check_unet(self) -> None:
@@ -168,6 +181,9 @@ class SGDM(nn.Module):
             "logit_scale": scale.detach(),
             "acc/align_top1": in_batch_top1(z_sem.detach(), target, image_index),
         }
+        if self.structure is not None and "latent" in batch:
+            terms["loss/structure"] = structure_loss(self.structure(out.z), batch["latent"])
+            align = align + cfg.lambda_structure * terms["loss/structure"]
         if stage == "align":
             return {"loss": align, **terms, **scalars}
 
@@ -194,7 +210,7 @@ class SGDM(nn.Module):
 
     def _check_batch(self, batch: dict[str, Tensor], stage: str) -> None:
         needed = ["eeg", "subject", "clip"]
-        if stage != "align":
+        if stage != "align" or self.structure is not None:
             needed.append("latent")
         if self.classifier is not None:
             needed.append("concept")
@@ -237,22 +253,43 @@ class SGDM(nn.Module):
         scheduler: Sampler = "ddim",
         seed: int = 0,
         batch_size: int = 16,
+        strength: float | None = None,
     ) -> Tensor:
         """Latents [B, 4, h, w] sampled with CFG; the same seed gives the same latents for any
-        ``batch_size`` (all initial noise is drawn up front from a CPU generator)."""
+        ``batch_size`` (all initial noise is drawn up front from a CPU generator).
+
+        ``strength`` (None → ``model.structure_strength``): with a structure head, sampling starts
+        from the EEG's predicted latent noised that far into the schedule (models/structure.py);
+        1 (or no head) starts from pure noise."""
         if steps < 1:
             raise ValueError(f"steps must be >= 1, got {steps}")
+        strength = self.cfg.structure_strength if strength is None else strength
+        if not 0.0 <= strength <= 1.0:
+            raise ValueError(f"structure strength must be in [0, 1], got {strength}")
+        if self.structure is None:
+            strength = 1.0
         generator = torch.Generator("cpu").manual_seed(seed)
         noise = torch.randn((eeg.shape[0], *self.latent_shape), generator=generator)
         chunks = []
         with _eval_mode(self):
             for start in range(0, eeg.shape[0], batch_size):
                 sl = slice(start, start + batch_size)
-                cond = self.condition(eeg[sl].to(self.device), subject[sl].to(self.device))
+                out, z_sem = self.encode(eeg[sl].to(self.device), subject[sl].to(self.device))
+                cond = self.conditioning(out.z, out.tokens, z_sem)
                 sampler = make_sampler(self.noise_scheduler, scheduler)
                 sampler.set_timesteps(steps, device=self.device)
+                timesteps = sampler.timesteps
                 latents = noise[sl].to(self.device) * sampler.init_noise_sigma
-                for t in sampler.timesteps:
+                if strength < 1.0:
+                    assert self.structure is not None
+                    timesteps, _ = start_timesteps(sampler, steps, strength)
+                    structure = self.structure(out.z)
+                    latents = (
+                        noised_start(sampler, structure, noise[sl].to(self.device), timesteps[0])
+                        if len(timesteps)
+                        else structure
+                    )
+                for t in timesteps:
                     model_in = sampler.scale_model_input(latents, t)
                     pred = self.guided_prediction(model_in, t, cond, guidance_scale)
                     latents = sampler.step(pred, t, latents, return_dict=False)[0]
@@ -284,6 +321,7 @@ class SGDM(nn.Module):
         scheduler: Sampler = "ddim",
         seed: int = 0,
         batch_size: int = 16,
+        strength: float | None = None,
     ) -> Tensor:
         """Images [B, 3, H, W] in [0, 1] decoded by ``vae``; latents [B, 4, h, w] when vae is None."""
         latents = self.sample_latents(
@@ -294,6 +332,7 @@ class SGDM(nn.Module):
             scheduler=scheduler,
             seed=seed,
             batch_size=batch_size,
+            strength=strength,
         )
         if vae is None:
             return latents

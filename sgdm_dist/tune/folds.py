@@ -47,9 +47,29 @@ def make_folds(cfg: Config, available: list[int]) -> list[Fold]:
     n_folds = len(subjects) if tc.folds == "leave_one_subject_out" else tc.n_folds or len(subjects)
     if n_folds > len(subjects):
         raise ConfigError(f"tune.n_folds={n_folds} exceeds the {len(subjects)} subjects {subjects}")
+    _check_agnostic_path(cfg)
     groups = [sorted(int(s) for s in g) for g in np.array_split(np.array(subjects), n_folds)]
     folds = [Fold(i, held, [s for s in subjects if s not in held]) for i, held in enumerate(groups)]
     return folds[: tc.max_folds] if tc.max_folds else folds
+
+
+def _check_agnostic_path(cfg: Config) -> None:
+    """Refuse folds whose held-out subjects would be decoded through an untrained fallback entry.
+
+    Held-out subjects go in with id 0; that entry of the subject embedding / layer / token is only
+    trained when ``model.encoder.subject_dropout`` > 0 replaces real ids with 0 during training.
+    """
+    from sgdm_dist.models.encoders import uses_subject_ids
+
+    enc = cfg.model.encoder
+    if uses_subject_ids(enc) and enc.subject_dropout <= 0:
+        raise ConfigError(
+            f"tune.folds={cfg.tune.folds}: held-out subjects are decoded with the subject-agnostic "
+            f"entry (id 0), which model.encoder.subject_dropout = {enc.subject_dropout} never "
+            f"trains (model.encoder.kind={enc.kind}, subject_conditioning="
+            f"{enc.subject_conditioning}); set model.encoder.subject_dropout > 0 (e.g. 0.1) or "
+            "model.encoder.subject_conditioning=none"
+        )
 
 
 def fold_config(cfg: Config, fold: Fold, output_dir: str) -> Config:

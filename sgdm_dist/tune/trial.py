@@ -37,7 +37,7 @@ FINISHED_FOLDS = "finished_folds.json"  # inside a Tune checkpoint: {fold index:
 TRIAL_RECORD = "trial.json"  # written when every fold of the trial is scored
 WORKERS_RECORD = "workers.json"  # multi-worker folds: the process group the fold trained in
 STARTS_LOG = "starts.log"  # one line per (re)start of the trial: resumed sweeps are auditable
-SCORES = ("top1", "top5", "cosine")
+SCORES = ("top1", "top5", "mrr", "cosine")
 
 
 @dataclass(frozen=True)
@@ -54,6 +54,7 @@ def run_trial(params: dict[str, Any], spec: TrialSpec) -> None:
     from ray import tune
 
     cfg = apply_params(validate(spec.base), params)
+    _trial_threads(cfg)
     trial_dir = Path(spec.sweep_dir) / "trials" / tune.get_context().get_trial_id()
     trial_dir.mkdir(parents=True, exist_ok=True)
     with open(trial_dir / STARTS_LOG, "a") as handle:
@@ -203,6 +204,14 @@ def _train_distributed(cfg: Config, fold: Fold) -> dict[str, float]:
     return score_held_out(cfg, model, fold.held_out)
 
 
+def _trial_threads(cfg: Config) -> None:
+    """A trial (or each of its workers) computes with the CPUs Ray reserved for it."""
+    from sgdm_dist.threads import HostInfo, configure_threads
+
+    cores = max(1, int(cfg.tune.cpus_per_trial))
+    configure_threads(HostInfo(cores=cores, local_processes=1), cfg.experiment.threads)
+
+
 def _train_worker(loop_config: dict[str, Any]) -> None:
     """One DDP rank: Ray Train has set WORLD_SIZE/RANK and the process group; train() joins it.
 
@@ -213,6 +222,7 @@ def _train_worker(loop_config: dict[str, Any]) -> None:
     from sgdm_dist.train import train
 
     cfg = validate(loop_config["config"])
+    _trial_threads(cfg)
     # Read before training: train() ends by tearing the process group down.
     group = {"world_size": dist.get_world_size(), "backend": str(dist.get_backend())}
     rank = dist.get_rank()

@@ -1,0 +1,43 @@
+"""A shard split as in-memory arrays, read through the project's own loader (checksums, manifest)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from sgdm_dist.config import Config
+from sgdm_dist.data.loader import make_loader, split_image_embeddings
+
+
+@dataclass
+class SplitArrays:
+    eeg: np.ndarray  # [N, C, T] float32, one row per trial
+    subject: np.ndarray  # [N] int64, 1-based
+    image_index: np.ndarray  # [N] int64
+    image_ids: np.ndarray  # [M] int64, the split's unique images (sorted)
+    clip: np.ndarray  # [M, D] float32, raw L2-normalised CLIP embeddings of image_ids
+
+    def target_rows(self) -> np.ndarray:
+        """[N] row of each trial's image in ``clip``."""
+        return np.searchsorted(self.image_ids, self.image_index)
+
+
+def load_split(cfg: Config, split: str, subjects: list[int] | None = None) -> SplitArrays:
+    """Every trial of ``split`` (optionally only ``subjects``), in shard order."""
+    loader = make_loader(cfg, split, shuffle=False, subjects=subjects, drop_last=False)
+    eeg, subject, index = [], [], []
+    for batch in loader:
+        eeg.append(batch["eeg"].numpy())
+        subject.append(batch["subject"].numpy())
+        index.append(batch["image_index"].numpy())
+    ids, clip = split_image_embeddings(cfg.data.shard_dir, split)
+    if not eeg:
+        raise ValueError(f"no '{split}' trials of subjects {subjects} in {cfg.data.shard_dir}")
+    return SplitArrays(
+        np.concatenate(eeg),
+        np.concatenate(subject),
+        np.concatenate(index),
+        ids.numpy(),
+        clip.numpy(),
+    )

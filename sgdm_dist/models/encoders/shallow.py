@@ -1,0 +1,90 @@
+"""NICE's temporal-spatial convolution and ATM-S (channel attention with subject tokens, then NICE).
+
+NICE (Song et al., "Decoding natural images from EEG for object recognition", ICLR 2024): a temporal
+convolution (40 filters, 25 samples at 250 Hz), average pooling (51, stride 5), batch norm, ELU, a
+spatial convolution over all channels, batch norm, ELU, dropout 0.5, a 1×1 projection; flattened.
+ATM-S (Li et al., "Visual decoding and reconstruction via EEG embeddings with guided diffusion",
+NeurIPS 2024): each channel's time course becomes one token (a linear embedding of the whole epoch),
+a learned subject token joins them, one transformer encoder layer attends across channels, and the
+channel tokens go through NICE's convolution. Kernels scale with ``n_times`` (see ``common.scaled``).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from sgdm_dist.config.model import EncoderConfig
+from sgdm_dist.models.encoder import EncoderOutput, drop_subjects, sanitize_subjects
+from sgdm_dist.models.encoders.common import NICE_TIMES, Readout, check_shape, feature_width, scaled
+
+FILTERS = 40
+
+
+def temporal_spatial_conv(n_channels: int, n_times: int, dropout: float) -> nn.Sequential:
+    """[B, 1, C, T] → [B, 40, 1, T'] (NICE's ``tsconv`` + 1×1 projection)."""
+    kernel = scaled(25, n_times, NICE_TIMES, minimum=3)
+    pool = min(scaled(51, n_times, NICE_TIMES, minimum=2), n_times - kernel + 1)
+    stride = scaled(5, n_times, NICE_TIMES)
+    return nn.Sequential(
+        nn.Conv2d(1, FILTERS, (1, kernel)),
+        nn.AvgPool2d((1, pool), (1, stride)),
+        nn.BatchNorm2d(FILTERS),
+        nn.ELU(),
+        nn.Conv2d(FILTERS, FILTERS, (n_channels, 1)),
+        nn.BatchNorm2d(FILTERS),
+        nn.ELU(),
+        nn.Dropout(dropout),
+        nn.Conv2d(FILTERS, FILTERS, (1, 1)),
+    )
+
+
+class NICEEncoder(nn.Module):
+    """[B, C, T] → z [B, D] (+ tokens); no subject conditioning (NICE trains one model per subject)."""
+
+    def __init__(
+        self, cfg: EncoderConfig, *, n_channels: int, n_times: int, n_subjects: int
+    ) -> None:
+        super().__init__()
+        self.n_channels, self.n_times, self.n_subjects = n_channels, n_times, n_subjects
+        self.gradient_checkpointing = False
+        self.conv = temporal_spatial_conv(n_channels, n_times, max(cfg.dropout, 0.5))
+        width = feature_width(self.conv, n_channels, n_times)
+        self.readout = Readout(width, cfg.dim, cfg.n_tokens, cfg.dropout)
+
+    def forward(self, eeg: Tensor, subject: Tensor) -> EncoderOutput:
+        check_shape(eeg, self.n_channels, self.n_times)
+        return self.readout(self.conv(eeg[:, None]).flatten(1))
+
+
+class ATMSEncoder(nn.Module):
+    """[B, C, T] + subject [B] → z [B, D] (+ tokens). Subject 0 / unknown: the agnostic token."""
+
+    def __init__(
+        self, cfg: EncoderConfig, *, n_channels: int, n_times: int, n_subjects: int
+    ) -> None:
+        super().__init__()
+        self.n_channels, self.n_times, self.n_subjects = n_channels, n_times, n_subjects
+        self.gradient_checkpointing = False
+        self.subject_dropout = cfg.subject_dropout
+        heads = 4
+        d_model = heads * -(-n_times // heads)  # the epoch length, rounded up to split into heads
+        self.embed = nn.Linear(n_times, d_model)  # iTransformer's inverted embedding
+        self.subject_token = nn.Embedding(n_subjects + 1, d_model)
+        self.drop = nn.Dropout(0.25)
+        self.attention = nn.TransformerEncoderLayer(
+            d_model, heads, dim_feedforward=256, dropout=0.25, batch_first=True, norm_first=False
+        )
+        self.conv = temporal_spatial_conv(n_channels, d_model, max(cfg.dropout, 0.5))
+        width = feature_width(self.conv, n_channels, d_model)
+        self.readout = Readout(width, cfg.dim, cfg.n_tokens, cfg.dropout)
+
+    def forward(self, eeg: Tensor, subject: Tensor) -> EncoderOutput:
+        check_shape(eeg, self.n_channels, self.n_times)
+        subject = sanitize_subjects(subject.to(eeg.device), self.n_subjects)
+        if self.training:
+            subject = drop_subjects(subject, self.subject_dropout)
+        tokens = self.drop(self.embed(eeg))  # [B, C, d]
+        tokens = torch.cat([tokens, self.subject_token(subject)[:, None]], dim=1)
+        channels = self.attention(tokens)[:, : self.n_channels]  # [B, C, d]
+        return self.readout(self.conv(channels[:, None]).flatten(1))

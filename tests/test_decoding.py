@@ -1,0 +1,157 @@
+"""Decoding baselines and scoring (#13): the published encoders train, ridge decodes, retrieval is
+scored in the space the model was trained in, and collapse is visible."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from sgdm_dist.baselines.ridge import RidgeDecoder
+from sgdm_dist.baselines.scoring import mean_pairwise_cosine, retrieval, score_decoder
+from sgdm_dist.config import load_config
+from sgdm_dist.config.model import EncoderConfig
+from sgdm_dist.models import build_model
+from sgdm_dist.models.encoders.augment import augment
+from sgdm_dist.selection import resolve_epochs
+
+KINDS = ["nice", "atms", "eegnet", "linear"]
+
+
+@pytest.mark.parametrize("shape", [(17, 100), (63, 250)])
+@pytest.mark.parametrize("kind", KINDS)
+def test_published_encoder_trains_one_step(kind: str, shape: tuple[int, int]) -> None:
+    """Each encoder kind, inside the SGDM and its alignment loss, takes one optimiser step."""
+    cfg = load_config("configs/tiny.yaml", [f"model.encoder.kind={kind}"])
+    torch.manual_seed(0)
+    c, t = shape
+    model = build_model(cfg.model, n_channels=c, n_times=t, n_subjects=2)
+    batch = {
+        "eeg": torch.randn(6, c, t),
+        "subject": torch.tensor([1, 2, 1, 2, 0, 1]),
+        "clip": torch.nn.functional.normalize(torch.randn(6, cfg.model.clip_dim), dim=1),
+        "image_index": torch.arange(6),
+        "latent": torch.randn(
+            6, cfg.model.unet.latent_channels, *(2 * [cfg.model.unet.latent_size])
+        ),
+    }
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    before = {n: p.detach().clone() for n, p in model.encoder.named_parameters()}
+    out = model(batch, stage="align")
+    assert torch.isfinite(out["loss"])
+    out["loss"].backward()
+    opt.step()
+    changed = [n for n, p in model.encoder.named_parameters() if not torch.equal(p, before[n])]
+    assert changed, f"{kind}: no encoder parameter moved"
+    model.eval()
+    z = model.predict_clip(batch["eeg"], batch["subject"])
+    assert z.shape == (6, cfg.model.clip_dim)
+
+
+def _decodable(n_img: int, reps: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """EEG [N, 8, 20] = a fixed linear map of the image's CLIP vector + noise; index [N]; clip [M, D]."""
+    rng = np.random.default_rng(seed)
+    clip = rng.standard_normal((n_img, 16)) + 3.0  # a shared mean, like CLIP
+    clip /= np.linalg.norm(clip, axis=1, keepdims=True)
+    index = np.repeat(np.arange(n_img), reps)
+    mixing = np.random.default_rng(0).standard_normal((16, 8 * 20))
+    eeg = (clip - clip.mean(0))[index] @ mixing * 5 + rng.standard_normal((len(index), 160))
+    return eeg.reshape(-1, 8, 20).astype(np.float32), index, clip.astype(np.float32)
+
+
+def test_ridge_beats_chance_on_a_decodable_set() -> None:
+    eeg, index, clip = _decodable(120, 2, seed=1)
+    ridge = RidgeDecoder().fit(eeg, clip[index])
+    test_eeg, test_index, test_clip = _decodable(40, 3, seed=2)
+    scores = score_decoder(
+        ridge.predict(test_eeg), test_index, np.arange(40), ridge.center(test_clip)
+    )
+    assert scores["single"]["top1"] > 5 * scores["single"]["chance_top1"]
+    assert scores["averaged"]["top1"] >= scores["single"]["top1"]
+
+
+def test_ridge_on_noise_stays_near_chance() -> None:
+    eeg, index, clip = _decodable(120, 2, seed=1)
+    rng = np.random.default_rng(3)
+    ridge = RidgeDecoder().fit(rng.standard_normal(eeg.shape).astype(np.float32), clip[index])
+    test_eeg, test_index, test_clip = _decodable(40, 3, seed=2)
+    noise = rng.standard_normal(test_eeg.shape).astype(np.float32)
+    single = score_decoder(ridge.predict(noise), test_index, np.arange(40), test_clip)["single"]
+    assert single["top1"] < 4 * single["chance_top1"]
+
+
+def test_scoring_reports_collapse_and_hubs() -> None:
+    rng = np.random.default_rng(0)
+    targets = rng.standard_normal((10, 8))
+    perfect = retrieval(targets, np.arange(10), targets)
+    assert perfect["top1"] == 1.0 and perfect["distinct_top1"] == 10
+    assert abs(perfect["pairwise_cos"]) < 0.5
+    collapsed = np.tile(targets[3], (10, 1)) + 1e-6 * rng.standard_normal((10, 8))
+    hub = retrieval(collapsed, np.arange(10), targets)
+    assert hub["distinct_top1"] == 1 and hub["top1"] == pytest.approx(0.1)
+    assert mean_pairwise_cosine(collapsed) == pytest.approx(1.0, abs=1e-6)
+    assert hub["top1_se"] == pytest.approx((0.1 * 0.9 / 10) ** 0.5)
+
+
+def test_retrieval_query_ranks_raw_targets_as_the_centred_space_does() -> None:
+    """to_clip's query z ranks raw CLIP t by z·t = z·(t − mean) + const: the head's own space."""
+    cfg = load_config("configs/tiny.yaml", [])
+    model = build_model(cfg.model, n_channels=17, n_times=100, n_subjects=2)
+    head = model.semantic
+    clip = torch.nn.functional.normalize(torch.randn(64, cfg.model.clip_dim) + 2.0, dim=1)
+    head.observe(clip)
+    z = torch.nn.functional.normalize(torch.randn(5, cfg.model.clip_dim), dim=1)
+    raw = head.to_clip(z) @ clip.T
+    centred = z @ (clip - head.target_mean).T
+    assert torch.equal(raw.argsort(dim=1), centred.argsort(dim=1))
+
+
+def test_augment_changes_training_input_only() -> None:
+    cfg = EncoderConfig(augment_shift=3, augment_channel_drop=0.2, augment_noise=0.1)
+    x = torch.randn(4, 17, 100)
+    torch.manual_seed(0)
+    y = augment(x, cfg)
+    assert y.shape == x.shape and not torch.equal(x, y)
+    assert torch.equal(augment(x, EncoderConfig()), x)
+    model_cfg = load_config("configs/tiny.yaml", ["model.encoder.kind=nice"]).model
+    model_cfg = model_cfg.model_copy(update={"encoder": cfg.model_copy(update={"kind": "nice"})})
+    model = build_model(model_cfg, n_channels=17, n_times=100, n_subjects=2).eval()
+    s = torch.ones(4, dtype=torch.long)
+    assert torch.equal(model.encoder(x, s).z, model.encoder(x, s).z)  # eval: deterministic
+
+
+def test_align_epochs_become_steps() -> None:
+    cfg = load_config("configs/tiny.yaml", ["train.align_epochs=2.5", "data.loader.batch_size=8"])
+    split = SimpleNamespace(per_subject={1: 40, 2: 40})
+    manifest = SimpleNamespace(splits={"train": split})
+    assert resolve_epochs(cfg, manifest, world_size=2).train.align_steps == 13  # 2.5·80/16
+    one = cfg.model_copy(update={"train": cfg.train.model_copy(update={"subjects": [1]})})
+    assert resolve_epochs(one, manifest, world_size=1).train.align_steps == 13  # 2.5·40/8
+    plain = load_config("configs/tiny.yaml", [])
+    assert resolve_epochs(plain, manifest, 1) is plain
+
+
+def test_evaluate_decoding_checks_report_ridge_and_collapse(tiny_shards: list[str]) -> None:
+    """What `sgdm evaluate` adds under metrics['decoding']: model and ridge on the same shards, the
+    ratio, and the collapse guard (an untrained model's predictions, whatever their value)."""
+    from sgdm_dist.baselines.checks import decoding_checks, summary_line
+    from sgdm_dist.data.manifest import read_manifest
+
+    cfg = load_config("configs/tiny.yaml", tiny_shards)
+    m = read_manifest(cfg.data.shard_dir)
+    torch.manual_seed(0)
+    model = build_model(
+        cfg.model, n_channels=m.n_channels, n_times=m.n_times, n_subjects=max(m.subjects)
+    ).eval()
+    checks = decoding_checks(cfg, model)
+    assert set(checks["ridge"]) == {f"sub-{s:02d}" for s in m.subjects} | {"mean"}
+    ridge = checks["ridge"]["mean"]["averaged"]
+    assert ridge["top5"] >= ridge["top1"] and ridge["chance_top1"] == pytest.approx(0.1)
+    single = checks["model"]["mean"]["single"]
+    assert -1.0 <= checks["collapse_pairwise_cos"] == single["pairwise_cos"] <= 1.0
+    assert checks["ratio_top1"]["single"] == pytest.approx(
+        single["top1"] / checks["ridge"]["mean"]["single"]["top1"]
+    )
+    assert "ratio" in summary_line(checks)
