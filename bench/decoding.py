@@ -133,9 +133,9 @@ def ridge_scores(train: SplitArrays, test: SplitArrays, test_ids: np.ndarray) ->
 def train_model(
     ds: Dataset, method: list[str], run: str, subjects: list[int] | None
 ) -> torch.nn.Module:
-    """Train ``method`` (config overrides) with ``sgdm_dist.train.train`` in this process."""
+    """Train ``method`` (config overrides) with ``sgdm_dist.training.loop.train`` in this process."""
     from sgdm_dist.models import SGDM
-    from sgdm_dist.train import train
+    from sgdm_dist.training.loop import train
 
     out = ds.root / "runs" / run
     extra = [

@@ -72,9 +72,9 @@ def _config(name: str, extra: list[str], out: Path) -> Any:
 
 
 def _engine(cfg: Any) -> tuple[Any, Any, Any]:
-    from sgdm_dist.distributed import LaunchRequest, make_accelerator
     from sgdm_dist.models import build_model
-    from sgdm_dist.stages import build_engine
+    from sgdm_dist.training.distributed import LaunchRequest, make_accelerator
+    from sgdm_dist.training.stages import build_engine
 
     accelerator = make_accelerator(cfg, LaunchRequest.from_env())
     c, t = eeg_shape(cfg)
@@ -84,8 +84,8 @@ def _engine(cfg: Any) -> tuple[Any, Any, Any]:
 
 
 def _step(accelerator: Any, engine: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """One optimiser step as the trainer takes it (inputs cast like sgdm_dist.train does)."""
-    from sgdm_dist.distributed import input_dtype, to_device
+    """One optimiser step as the trainer takes it (inputs cast like sgdm_dist.training.loop does)."""
+    from sgdm_dist.training.distributed import input_dtype, to_device
 
     batch = to_device(batch, accelerator.device, input_dtype(accelerator))
     loss = engine.model(batch, stage="diffusion")["loss"]
@@ -101,7 +101,7 @@ def _peak_gb() -> float:
 
 
 def run_strategy(job: dict[str, Any], out: Path) -> dict[str, Any]:
-    from sgdm_dist.ema import EMA
+    from sgdm_dist.training.ema import EMA
 
     cfg = _config(job["config"], ["train.ema_decay=0.999"], out)
     accelerator, engine, _ = _engine(cfg)

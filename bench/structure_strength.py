@@ -15,15 +15,10 @@ import json
 import torch
 
 from sgdm_dist.config import load_config
-from sgdm_dist.evaluate_recon import FLOOR, MODEL, ReconScores, score_subject
-from sgdm_dist.reconstruct import (
-    SamplingOptions,
-    find_vae,
-    load_model,
-    model_subjects,
-    read_split,
-    training_data,
-)
+from sgdm_dist.evaluation.reconstruction import FLOOR, MODEL, ReconScores, score_subject
+from sgdm_dist.reconstruct.inputs import read_split
+from sgdm_dist.reconstruct.model import find_vae, load_model, model_subjects, training_data
+from sgdm_dist.reconstruct.sampling import SamplingOptions
 
 STRENGTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
 METRICS = ("PixCorr", "SSIM", "Pixel(2-way)")

@@ -1,6 +1,6 @@
 """Training throughput of `sgdm train` against a plain PyTorch loop, both measured in the same run.
 
-loop  (default: tiny) the FULL `sgdm_dist.train.train` loop (EMA, LR scheduler, stop-flag agreement,
+loop  (default: tiny) the FULL `sgdm_dist.training.loop.train` loop (EMA, LR scheduler, stop-flag agreement,
       the data loader, logging cadence, MLflow tracking, metrics.jsonl) on shards written by the real
       `sgdm prepare --synthetic`, read from its own throughput log (samples between two log steps /
       wall time), against a plain loop over the same loader, model and batch size (forward, backward,
@@ -38,7 +38,7 @@ import torch
 from sgdm_dist.config import Config, load_config
 from sgdm_dist.models import build_model
 from sgdm_dist.models.profile import profile_model
-from sgdm_dist.threads import HostInfo, configure_threads
+from sgdm_dist.utils.threads import HostInfo, configure_threads
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from step_inputs import eeg_shape, make_batches, make_images, reference_encoders
@@ -110,7 +110,7 @@ def loop_config(name: str, shards: list[str], out: Path, args: argparse.Namespac
 
 def sgdm_windows(cfg: Config) -> list[float]:
     """samples/s of every log window of one real train() run, start-up window dropped."""
-    from sgdm_dist.train import train
+    from sgdm_dist.training.loop import train
 
     shutil.rmtree(cfg.experiment.output_dir, ignore_errors=True)
     train(cfg)

@@ -22,11 +22,11 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 
-import sgdm_dist.step as step_module
-import sgdm_dist.train as train_module
+import sgdm_dist.training.loop as train_module
+import sgdm_dist.training.step as step_module
 from sgdm_dist.config.loader import load_config
 from sgdm_dist.data.loader import make_loader as real_make_loader
-from sgdm_dist.log import rank_from_env, setup_logging
+from sgdm_dist.utils.log import rank_from_env, setup_logging
 
 
 class _Slices:

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from sgdm_dist.cli import app
 from sgdm_dist.data import DataError
-from sgdm_dist.data.features import FeatureCache
+from sgdm_dist.data.feature_cache import FeatureCache
 from sgdm_dist.data.io import join_url, open_url
 from sgdm_dist.data.loader import make_loader
 from sgdm_dist.data.manifest import read_manifest

@@ -10,13 +10,8 @@ from PIL import Image
 
 from sgdm_dist.config.data import FeatureConfig
 from sgdm_dist.data import DataError
-from sgdm_dist.data.features import (
-    ClipEncoder,
-    FeatureCache,
-    VaeEncoder,
-    compute_features,
-    text_features,
-)
+from sgdm_dist.data.feature_cache import FeatureCache, compute_features, text_features
+from sgdm_dist.data.features import ClipEncoder, VaeEncoder
 
 CFG = FeatureConfig(
     clip_model="sgdm-tiny-clip", clip_pretrained=None, vae=None, image_size=64, batch_size=3

@@ -17,9 +17,10 @@ from sgdm_dist.cli import app
 from sgdm_dist.config import Config, load_config
 from sgdm_dist.data import DataError
 from sgdm_dist.data.features import load_vae
-from sgdm_dist.data.loader import make_loader, split_image_embeddings
+from sgdm_dist.data.loader import make_loader
 from sgdm_dist.data.manifest import manifest_hash, read_manifest, verify_shards
 from sgdm_dist.data.shards import Trial, decode, iter_shard, write_unit
+from sgdm_dist.data.splits import split_image_embeddings
 
 REPO = Path(__file__).resolve().parents[1]
 

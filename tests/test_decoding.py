@@ -15,7 +15,7 @@ from sgdm_dist.config import load_config
 from sgdm_dist.config.model import EncoderConfig
 from sgdm_dist.models import build_model
 from sgdm_dist.models.encoders.augment import augment
-from sgdm_dist.selection import resolve_epochs
+from sgdm_dist.training.selection import resolve_epochs
 
 KINDS = ["nice", "atms", "eegnet", "linear"]
 

@@ -16,7 +16,7 @@ import torch
 from support import free_port
 from torch import nn
 
-from sgdm_dist.ema import EMA
+from sgdm_dist.training.ema import EMA
 
 REPO = Path(__file__).resolve().parents[1]
 

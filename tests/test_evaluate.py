@@ -25,10 +25,10 @@ from typer.testing import CliRunner
 
 from sgdm_dist.cli import app
 from sgdm_dist.config import load_config
-from sgdm_dist.data.loader import split_image_embeddings
+from sgdm_dist.data.splits import split_image_embeddings
 from sgdm_dist.metrics import retrieval_accuracy
 from sgdm_dist.models import SGDM
-from sgdm_dist.validation import predict_split
+from sgdm_dist.training.validation import predict_split
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "configs" / "tiny.yaml"
@@ -349,7 +349,7 @@ def test_reconstruct_cli_reproduces_the_evaluation_images(evaluated: dict) -> No
 
 
 def test_evaluate_logs_into_the_active_run(trained: dict, tmp_path: Path) -> None:
-    from sgdm_dist.evaluate import evaluate
+    from sgdm_dist.evaluation.evaluate import evaluate
 
     overrides = [f"experiment.output_dir={tmp_path / 'exp'}", "evaluate.reconstruct=false"]
     cfg = load_config(TINY, [*trained["overrides"], *overrides])

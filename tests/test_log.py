@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from sgdm_dist.cli import main
-from sgdm_dist.log import QUIET_LOGGERS, quiet_third_party, setup_logging
+from sgdm_dist.utils.log import QUIET_LOGGERS, quiet_third_party, setup_logging
 
 
 @pytest.fixture
@@ -35,7 +35,7 @@ def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
     assert exc.value.code == 0
     # What a library logs after the command line is parsed (e.g. mlflow during a training).
     logging.getLogger("mlflow.tracking.fluent").info("mlflow-info-line")
-    logging.getLogger("sgdm_dist.train").info("sgdm-info-line")
+    logging.getLogger("sgdm_dist.training.loop").info("sgdm-info-line")
     return capsys.readouterr().err
 
 

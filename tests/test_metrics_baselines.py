@@ -1,5 +1,5 @@
 """Floors, ceilings, bootstrap CIs and condition sensitivity (sgdm_dist/metrics/baselines.py and
-sgdm_dist/evaluate_recon.py) on a tiny model whose structure head is fitted so the EEG matters."""
+sgdm_dist/evaluation/reconstruction.py) on a tiny model whose structure head is fitted so the EEG matters."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ from diffusers import AutoencoderKL
 
 from sgdm_dist.config import load_config
 from sgdm_dist.data.features import TINY_VAE_CONFIG
-from sgdm_dist.evaluate_recon import CEILING, FLOOR, MODEL, ReconScores, score_subject
+from sgdm_dist.evaluation.reconstruction import CEILING, FLOOR, MODEL, ReconScores, score_subject
 from sgdm_dist.metrics.baselines import bootstrap_ci, condition_sensitivity, derangement
 from sgdm_dist.metrics.reconstruction import pixcorr_per_image
 from sgdm_dist.models import SGDM, build_model
-from sgdm_dist.reconstruct import SamplingOptions
+from sgdm_dist.reconstruct.sampling import SamplingOptions
 
 N = 12
 

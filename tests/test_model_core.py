@@ -286,3 +286,24 @@ def test_structure_strength_sets_where_sampling_starts() -> None:
     assert not torch.allclose(partial, full)
     with pytest.raises(ValueError, match="strength must be in"):
         model.sample_latents(eeg, subject, steps=4, strength=1.5)
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
+def test_min_snr_weights_follow_the_paper(prediction: str) -> None:
+    """Min-SNR-γ (Hang et al. 2023): ε-loss weight min(SNR, γ)/SNR; v-loss weight min(SNR, γ)/(SNR+1)."""
+    from diffusers import DDPMScheduler
+
+    from sgdm_dist.models.diffusion import min_snr_weights
+
+    scheduler = DDPMScheduler(num_train_timesteps=1000, prediction_type=prediction)
+    t = torch.tensor([0, 10, 300, 999])
+    a = scheduler.alphas_cumprod[t].double()
+    snr = a / (1 - a)
+    expected = snr.clamp(max=5.0) / (snr + 1 if prediction == "v_prediction" else snr)
+    got = min_snr_weights(scheduler, t, 5.0)
+    assert got.shape == (4,)
+    torch.testing.assert_close(got.double(), expected, rtol=1e-4, atol=1e-6)
+    assert got[-1] == pytest.approx(
+        1.0 if prediction == "epsilon" else float(expected[-1]), rel=1e-4
+    )
+    assert min_snr_weights(scheduler, t, None) is None

@@ -37,7 +37,12 @@ def test_save_load_round_trip_gives_identical_outputs(tmp_path: Path, variant: s
         for p in model.parameters():
             p.add_(0.01 * torch.randn_like(p))
     out = model.save_pretrained(tmp_path / "m")
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "config.json",
+        "model.safetensors",
+        "scheduler",
+        "unet",
+    ]
     assert [p.name for p in tmp_path.iterdir()] == ["m"]  # no temp folders left behind
 
     header_len = struct.unpack("<Q", (out / "model.safetensors").read_bytes()[:8])[0]
@@ -55,6 +60,61 @@ def test_save_load_round_trip_gives_identical_outputs(tmp_path: Path, variant: s
     )
     for (name, a), b in zip(model.state_dict().items(), loaded.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
+
+
+def test_exported_unet_and_scheduler_load_with_plain_diffusers(tmp_path: Path) -> None:
+    """The folder is in diffusers' layout: a diffusers user needs no sgdm code for the UNet."""
+    from diffusers import DDPMScheduler
+
+    model = build(tiny())
+    with torch.no_grad():
+        for p in model.unet.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    out = model.save_pretrained(tmp_path / "m")
+    unet = UNet2DConditionModel.from_pretrained(out, subfolder="unet")
+    for (name, a), b in zip(
+        model.unet.state_dict().items(), unet.state_dict().values(), strict=True
+    ):
+        assert torch.equal(a, b), name
+    scheduler = DDPMScheduler.from_pretrained(out, subfolder="scheduler")
+    assert scheduler.config.num_train_timesteps == model.noise_scheduler.config.num_train_timesteps
+    assert scheduler.config.prediction_type == model.noise_scheduler.config.prediction_type
+    # model.safetensors holds only the SGDM parts: the UNet is stored once, in unet/.
+    from safetensors import safe_open
+
+    with safe_open(str(out / "model.safetensors"), "pt") as f:
+        keys = list(f.keys())
+    assert keys and not [k for k in keys if k.startswith("unet.")]
+
+
+def test_format_1_folders_still_load(tmp_path: Path) -> None:
+    """Models exported before the diffusers layout (UNet inside model.safetensors) stay readable."""
+    from safetensors.torch import save_model
+
+    model = build(tiny())
+    old = tmp_path / "v1"
+    old.mkdir()
+    save_model(model, str(old / "model.safetensors"))
+    config = {
+        **model.config_dict(),
+        "format_version": 1,
+        "unet": {k: v for k, v in model.unet.config.items() if not k.startswith("_")},
+    }
+    (old / "config.json").write_text(json.dumps(config))
+    loaded = SGDM.from_pretrained(old)
+    for (name, a), b in zip(model.state_dict().items(), loaded.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+
+
+def test_missing_unet_folder_is_named(tmp_path: Path) -> None:
+    import shutil
+
+    from sgdm_dist.models.io import ModelFileError
+
+    out = build(tiny()).save_pretrained(tmp_path / "m")
+    shutil.rmtree(out / "unet")
+    with pytest.raises(ModelFileError, match=r"missing unet/config.json.*diffusers' layout"):
+        SGDM.from_pretrained(out)
 
 
 def test_save_replaces_existing_folder_atomically(tmp_path: Path) -> None:

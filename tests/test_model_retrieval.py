@@ -17,8 +17,9 @@ from pathlib import Path
 import torch
 
 from sgdm_dist.config import load_config
-from sgdm_dist.data.loader import make_loader, split_image_embeddings
+from sgdm_dist.data.loader import make_loader
 from sgdm_dist.data.manifest import read_manifest
+from sgdm_dist.data.splits import split_image_embeddings
 from sgdm_dist.models import build_model
 
 STEPS = 120

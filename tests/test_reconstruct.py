@@ -15,12 +15,9 @@ from sgdm_dist.cli import app
 from sgdm_dist.config import load_config
 from sgdm_dist.data.manifest import manifest_json, read_manifest
 from sgdm_dist.models import build_model
-from sgdm_dist.reconstruct import (
-    ReconstructError,
-    SamplingOptions,
-    model_subjects,
-    reconstruct_to_dir,
-)
+from sgdm_dist.reconstruct.model import ReconstructError, model_subjects
+from sgdm_dist.reconstruct.run import reconstruct_to_dir
+from sgdm_dist.reconstruct.sampling import SamplingOptions
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "configs" / "tiny.yaml"

@@ -420,7 +420,10 @@ def test_register_by_run_needs_no_config_and_keeps_lineage(
     client = MlflowClient(uri)
     run_id = trained["run"].info.run_id
     model_dir = trained["model_dir"]
-    weights = hashlib.sha256((model_dir / "model.safetensors").read_bytes()).hexdigest()
+    # The run's weights tag covers every weights file of the diffusers layout, by relative path.
+    files = ("model.safetensors", "unet/diffusion_pytorch_model.safetensors")
+    shas = {f: hashlib.sha256((model_dir / f).read_bytes()).hexdigest() for f in files}
+    weights = hashlib.sha256("".join(f"{f} {shas[f]}\n" for f in files).encode()).hexdigest()
     tags = client.get_run(run_id).data.tags
     assert tags["sgdm.model_sha256"] == weights and len(tags["sgdm.files_sha256"]) == 64
     # What `sgdm evaluate` leaves: a newer finished run with the same output_dir and data hash.
@@ -449,7 +452,7 @@ def test_register_by_run_needs_no_config_and_keeps_lineage(
         assert mv.tags["sgdm.evaluation_runs"] == evaluation
         assert client.get_run(run_id).info.status == "RUNNING"  # registering never reopens runs
         pulled = pull_model("models:/sgdm-tiny@cluster", tmp_path / "p", tracking_uri=uri)
-        assert pulled.files["model.safetensors"] == weights
+        assert {f: pulled.files[f] for f in files} == shas
 
         # From the local folder: found by its weights although RUNNING, not the evaluation run.
         registered = register_model(

@@ -14,7 +14,9 @@ import pytest
 import torch
 from PIL import Image
 
-from sgdm_dist.report import comparison_grid, image_grid, save_image_grid, write_report
+from sgdm_dist.evaluation.figures import comparison_grid
+from sgdm_dist.evaluation.report import write_report
+from sgdm_dist.utils.grids import image_grid, save_image_grid
 
 MAGENTA = (1.0, 0.0, 1.0)
 
@@ -205,7 +207,7 @@ def test_grid_columns_carry_the_given_subject_labels() -> None:
 
 
 def test_retrieval_examples_frame_the_true_image_among_the_top5() -> None:
-    from sgdm_dist.report import retrieval_examples
+    from sgdm_dist.evaluation.figures import retrieval_examples
 
     candidates = torch.ones(6, 3, 8, 8) * 0.5
     similarity = torch.eye(6)[[0, 1]] + torch.linspace(0, 0.1, 6)  # row 0 → 0 first, row 1 → 1

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from sgdm_dist.scaleout import set_tf32, to_channels_last, tune_deepspeed_config
+from sgdm_dist.training.scaleout import set_tf32, to_channels_last, tune_deepspeed_config
 
 
 def test_zero_knobs_are_filled_on_gpus_only_and_never_override() -> None:

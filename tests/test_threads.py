@@ -14,7 +14,7 @@ from support import free_port
 from threadpoolctl import threadpool_info
 from torch.utils.data import DataLoader, Dataset
 
-from sgdm_dist.threads import (
+from sgdm_dist.utils.threads import (
     HostInfo,
     configure_threads,
     loader_worker_init,
@@ -104,7 +104,7 @@ def test_two_local_ranks_under_accelerate_launch_share_the_cores(tmp_path: Path)
         "--main_process_port",
         str(free_port()),
         "-m",
-        "sgdm_dist.threads",
+        "sgdm_dist.utils.threads",
         "--report-dir",
         str(tmp_path),
     ]

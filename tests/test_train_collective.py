@@ -15,9 +15,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from support import free_port
 
-from sgdm_dist.collective import global_batch
 from sgdm_dist.config.model import SemanticConfig
 from sgdm_dist.models.semantic import SemanticHead, contrastive_loss
+from sgdm_dist.utils.collective import global_batch
 
 B, D = 4, 8
 
@@ -69,7 +69,9 @@ def _rank(rank: int, port: int, out: str) -> None:
 
 
 def test_two_ranks_give_the_one_process_loss_and_gradients(tmp_path: Path) -> None:
-    mp.start_processes(_rank, args=(free_port(), str(tmp_path)), nprocs=2, start_method="fork")
+    # spawn, not fork: a fork of the test process (threads of torch, MLflow, … already running)
+    # can inherit a held lock and hang in the child.
+    mp.start_processes(_rank, args=(free_port(), str(tmp_path)), nprocs=2, start_method="spawn")
     pred, target, index, clip = _inputs()
     loss, g_pred, g_target, g_scale = _loss_and_grad(pred, target, index, torch.tensor(10.0))
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
@@ -101,13 +103,13 @@ def test_without_global_batch_the_loss_stays_local() -> None:
 def _guard(policy: str, limit: int = 1):
     from accelerate import Accelerator
 
-    from sgdm_dist.train_guard import StepGuard, StopSignal
+    from sgdm_dist.training.guard import StepGuard, StopSignal
 
     return StepGuard(Accelerator(cpu=True), StopSignal(), policy=policy, limit=limit)
 
 
 def test_guard_stop_names_the_steps_and_terms() -> None:
-    from sgdm_dist.train_guard import NonFiniteLossError
+    from sgdm_dist.training.guard import NonFiniteLossError
 
     guard = _guard("stop")
     finite = {"loss": torch.tensor(1.0), "loss/align": torch.tensor(1.0)}
@@ -122,7 +124,7 @@ def test_guard_stop_names_the_steps_and_terms() -> None:
 
 
 def test_guard_skip_counts_and_stops_past_the_limit() -> None:
-    from sgdm_dist.train_guard import NonFiniteLossError
+    from sgdm_dist.training.guard import NonFiniteLossError
 
     guard = _guard("skip", limit=1)
     bad = {"loss": torch.tensor(float("inf")), "loss/diffusion": torch.tensor(float("inf"))}

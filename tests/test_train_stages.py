@@ -7,9 +7,9 @@ from pathlib import Path
 import torch
 
 from sgdm_dist.config.loader import load_config
-from sgdm_dist.distributed import LaunchRequest, make_accelerator, micro_batch_seed
 from sgdm_dist.models import build_model
-from sgdm_dist.stages import AlignModel, build_engine, switch_engine
+from sgdm_dist.training.distributed import LaunchRequest, make_accelerator, micro_batch_seed
+from sgdm_dist.training.stages import AlignModel, build_engine, switch_engine
 
 REPO = Path(__file__).resolve().parents[1]
 

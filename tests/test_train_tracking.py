@@ -16,6 +16,8 @@ from support import kill_group, start_mlflow_server
 REPO = Path(__file__).resolve().parents[1]
 TINY = str(REPO / "configs" / "tiny.yaml")
 
+WEIGHT_FILES = ("model.safetensors", "unet/diffusion_pytorch_model.safetensors")
+
 
 @pytest.fixture
 def mlflow_server(tmp_path: Path) -> Iterator[tuple[subprocess.Popen, str]]:
@@ -82,13 +84,16 @@ def test_params_metrics_and_reconstruction_grid_reach_the_server(
     with Image.open(local) as grid:
         assert grid.width > 64 and grid.height > 64  # 4 stimulus | reconstruction pairs of 64 px
     # The exported model reached its own run (what `sgdm register --run` registers), verified.
+    from sgdm_dist.models.export import model_digest
     from sgdm_dist.registry import sha256_file, verify_folder
 
-    weights = sha256_file(out / "model" / "model.safetensors")
-    assert run.data.tags["sgdm.model_sha256"] == weights and run.data.tags["sgdm.stage"] == "train"
+    weights = {f: sha256_file(out / "model" / f) for f in WEIGHT_FILES}
+    assert run.data.tags["sgdm.model_sha256"] == model_digest(out / "model")
+    assert run.data.tags["sgdm.stage"] == "train"
     uploaded = Path(client.download_artifacts(run.info.run_id, "sgdm-model", str(tmp_path / "m")))
     files = verify_folder(uploaded, run.data.tags["sgdm.files_sha256"])
-    assert files["model.safetensors"] == weights and "vae/config.json" in files
+    assert {f: files[f] for f in WEIGHT_FILES} == weights and "vae/config.json" in files
+    assert "scheduler/scheduler_config.json" in files  # the diffusers layout travels whole
 
 
 @pytest.mark.slow

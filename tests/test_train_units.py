@@ -9,16 +9,16 @@ import torch
 from support import free_port
 from torch import nn
 
-from sgdm_dist.checkpoint import (
+from sgdm_dist.training.checkpoint import (
     STATE_FILE,
     CheckpointError,
     TrainerState,
     complete_checkpoints,
     resolve_resume,
 )
-from sgdm_dist.distributed import LaunchRequest
-from sgdm_dist.ema import EMA
-from sgdm_dist.tracking import Tracker, default_tracking_uri
+from sgdm_dist.training.distributed import LaunchRequest
+from sgdm_dist.training.ema import EMA
+from sgdm_dist.utils.tracking import Tracker, default_tracking_uri
 
 
 def _checkpoint(root: Path, step: int, complete: bool = True, prefix: str = "checkpoint-") -> Path:

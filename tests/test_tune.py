@@ -144,7 +144,8 @@ def test_reports_per_fold_counts_validations() -> None:
 def test_held_out_score_uses_the_unseen_subject_path(
     tiny_shards: list[str], tmp_path: Path
 ) -> None:
-    from sgdm_dist.data.loader import make_loader, split_image_embeddings
+    from sgdm_dist.data.loader import make_loader
+    from sgdm_dist.data.splits import split_image_embeddings
     from sgdm_dist.models import build_model
     from sgdm_dist.tune.score import score_held_out
 
@@ -181,7 +182,7 @@ def test_objective_puts_a_constant_predictor_at_chance(
     tiny_shards: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """#13.4: heldout_cosine ranked a model that ignores the EEG first; retrieval scores cannot."""
-    from sgdm_dist.data.loader import split_image_embeddings
+    from sgdm_dist.data.splits import split_image_embeddings
     from sgdm_dist.models import build_model
     from sgdm_dist.tune.score import score_held_out
 
@@ -385,3 +386,33 @@ def test_resume_after_the_driver_is_killed(tiny_shards: list[str], tmp_path: Pat
     assert changed.returncode == 2
     assert "differs from the one" in changed.stderr and "train.align_steps" in changed.stderr
     assert yaml.safe_load((path / "sweep.yaml").read_text())["train"]["align_steps"] == 4
+
+
+def test_a_sweep_whose_every_trial_failed_names_each_error(tmp_path: Path) -> None:
+    """No score at all: a SweepError listing each trial's exception and traceback file, which
+    `sgdm tune` prints as one red error (exit 1) instead of a driver traceback."""
+    from types import SimpleNamespace
+
+    from sgdm_dist.tune import SweepError
+    from sgdm_dist.tune.sweep import _summarise
+
+    failed = []
+    for n, text in enumerate(
+        ["Traceback (most recent call last):\n  ...\nValueError: bad lr", "RayTaskError\n\nOOM: x"]
+    ):
+        trial = tmp_path / f"trial_{n}"
+        trial.mkdir()
+        if n == 0:
+            (trial / "error.txt").write_text(text)
+        failed.append(
+            SimpleNamespace(error=RuntimeError(text), path=str(trial), metrics={}, config={})
+        )
+    cfg = load_config(REPO / "configs" / "tune" / "tiny.yaml")
+    with pytest.raises(SweepError) as err:
+        _summarise(cfg, failed, [], tmp_path, None)
+    message = str(err.value)
+    assert "no trial reported heldout_mrr (2 of 2 failed)" in message
+    assert (
+        f"trial_0: ValueError: bad lr (traceback: {tmp_path / 'trial_0' / 'error.txt'})" in message
+    )
+    assert "trial_1: OOM: x" in message and "trial_1: OOM: x (traceback" not in message

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from sgdm_dist.config import Config
-from sgdm_dist.data.loader import make_loader, split_image_embeddings
+from sgdm_dist.data.loader import make_loader
+from sgdm_dist.data.splits import split_image_embeddings
 
 
 @dataclass

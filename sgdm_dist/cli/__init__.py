@@ -20,7 +20,7 @@ from sgdm_dist.cli import (
 )
 from sgdm_dist.cli.common import EXIT_BAD_INPUT
 from sgdm_dist.config import ConfigError
-from sgdm_dist.log import quiet_third_party, rank_from_env, setup_logging
+from sgdm_dist.utils.log import quiet_third_party, rank_from_env, setup_logging
 
 app = typer.Typer(
     name="sgdm",

@@ -26,6 +26,8 @@ from sgdm_dist.cli.common import OverridesArg, resolve
 from sgdm_dist.config import Config
 
 REPO = Path(__file__).resolve().parents[2]
+# Every step runs the CLI with this interpreter, so the demo uses the environment it was started in.
+SGDM = [sys.executable, "-m", "sgdm_dist.cli"]
 # --quick: the same pipeline in a fraction of the time (CI, smoke tests); retrieval stays above chance
 # only loosely at this length.
 QUICK = [
@@ -90,34 +92,31 @@ def demo(
 
 
 def plan(cfg: Config, config: Path, overrides: list[str], nproc: int) -> list[Step]:
-    sgdm = [sys.executable, "-m", "sgdm_dist.cli"]
-    out = cfg.experiment.output_dir
-    model_uri = f"models:/{cfg.registry.model_name}@champion"
+    """Every demo step in order, each the command a user would type."""
     common = [str(config), *overrides]
-    train_env = {
-        **os.environ,
-        "NPROC_PER_NODE": str(nproc),
-        "ACCELERATE_CONFIG": str(REPO / "configs" / "accelerate" / "ddp.yaml"),
-        "PYTHON": sys.executable,
-    }
-    tracking = ["--tracking-uri", tracking_uri(cfg)]
+    return [*_training_steps(cfg, common, nproc), *_serving_steps(cfg, config)]
+
+
+def _training_steps(cfg: Config, common: list[str], nproc: int) -> list[Step]:
+    """Prepare, train, evaluate and register the model: the config's own pipeline."""
+    out = cfg.experiment.output_dir
     return [
         Step(
             "prepare",
             "synthetic EEG → MNE preprocessing → CLIP/VAE features → shards",
-            [*sgdm, "prepare", *common, "--synthetic"],
+            [*SGDM, "prepare", *common, "--synthetic"],
         ),
         Step(
             "train",
             f"accelerate launch, {nproc} processes: alignment, then diffusion; MLflow",
             [str(REPO / "launch" / "train.sh"), *common],
-            train_env,
+            _train_env(nproc),
         ),
         Step(
             "evaluate",
             "test retrieval + reconstruction metrics, HTML report",
             [
-                *sgdm,
+                *SGDM,
                 "evaluate",
                 *common,
                 "--model",
@@ -129,13 +128,32 @@ def plan(cfg: Config, config: Path, overrides: list[str], nproc: int) -> list[St
         Step(
             "register",
             "MLflow model registry, alias champion",
-            [*sgdm, "register", *common, "--alias", "champion"],
+            [*SGDM, "register", *common, "--alias", "champion"],
         ),
+    ]
+
+
+def _train_env(nproc: int) -> dict[str, str]:
+    """The environment launch/train.sh reads: process count, accelerate config, interpreter."""
+    return {
+        **os.environ,
+        "NPROC_PER_NODE": str(nproc),
+        "ACCELERATE_CONFIG": str(REPO / "configs" / "accelerate" / "ddp.yaml"),
+        "PYTHON": sys.executable,
+    }
+
+
+def _serving_steps(cfg: Config, config: Path) -> list[Step]:
+    """Pull the registered champion and reconstruct with it, as a consumer of the registry would."""
+    out = cfg.experiment.output_dir
+    model_uri = f"models:/{cfg.registry.model_name}@champion"
+    tracking = ["--tracking-uri", tracking_uri(cfg)]
+    return [
         Step(
             "pull",
             f"{model_uri} into a fresh folder, checksums verified",
             [
-                *sgdm,
+                *SGDM,
                 "pull",
                 model_uri,
                 "--to",
@@ -149,7 +167,7 @@ def plan(cfg: Config, config: Path, overrides: list[str], nproc: int) -> list[St
             "reconstruct",
             "EEG of the test split → images with the pulled champion, PNG grid",
             [
-                *sgdm,
+                *SGDM,
                 "reconstruct",
                 "--model",
                 model_uri,
@@ -166,7 +184,7 @@ def plan(cfg: Config, config: Path, overrides: list[str], nproc: int) -> list[St
 
 
 def tracking_uri(cfg: Config) -> str:
-    from sgdm_dist.tracking import default_tracking_uri
+    from sgdm_dist.utils.tracking import default_tracking_uri
 
     return default_tracking_uri(
         cfg.experiment.tracking_uri,

@@ -37,14 +37,15 @@ def evaluate(
     """
     cfg = resolve(config, overrides)
     # Heavy imports after the config is known to be valid, so config errors stay instant.
-    from sgdm_dist.threads import HostInfo, configure_threads
+    from sgdm_dist.utils.threads import HostInfo, configure_threads
 
     configure_threads(HostInfo.from_env(), cfg.experiment.threads)
     from rich.console import Console
 
     from sgdm_dist.data import DataError
-    from sgdm_dist.evaluate import EvaluationError, comparison_tables
-    from sgdm_dist.evaluate import evaluate as run_evaluation
+    from sgdm_dist.evaluation.evaluate import evaluate as run_evaluation
+    from sgdm_dist.evaluation.scoring import EvaluationError
+    from sgdm_dist.evaluation.tables import comparison_tables
 
     try:
         result = run_evaluation(
@@ -68,47 +69,56 @@ def evaluate(
         console.print(f"MLflow run {result.run_id}")
 
 
+# reconstruct's longer options, named here so its signature reads as a list of inputs.
+EegOpt = Annotated[
+    str,
+    typer.Option(help="Shard dir (path/URL with manifest.json) or an EEG .npy file [N, C, T]."),
+]
+StrengthOpt = Annotated[
+    float | None,
+    typer.Option(
+        min=0.0,
+        max=1.0,
+        help="Start from the EEG's predicted structure noised this far (1: pure noise, 0: the "
+        "structure decoded); default: the model's model.structure_strength.",
+    ),
+]
+SubjectOpt = Annotated[
+    int | None,
+    typer.Option(
+        help="Shards: only this subject. .npy: the subject of every row (default 0, "
+        "subject-agnostic)."
+    ),
+]
+LimitOpt = Annotated[
+    int | None, typer.Option(min=1, help="Only the first N images per subject (or rows).")
+]
+VaeOpt = Annotated[
+    str | None,
+    typer.Option(help="VAE folder or shard dir; default: the model's vae/, else the shards'."),
+]
+TrackingUriOpt = Annotated[
+    str | None,
+    typer.Option(help="MLflow URI for models:/ references; default $MLFLOW_TRACKING_URI."),
+]
+
+
 def reconstruct(
     model: Annotated[str, typer.Option(help="Model folder or models:/NAME@ALIAS.")],
-    eeg: Annotated[
-        str,
-        typer.Option(help="Shard dir (path/URL with manifest.json) or an EEG .npy file [N, C, T]."),
-    ],
+    eeg: EegOpt,
     out: Annotated[Path, typer.Option(help="Output folder for PNGs and the grid.")],
     steps: Annotated[int, typer.Option(min=1, help="Sampler steps.")] = 25,
     guidance_scale: Annotated[float, typer.Option(min=0.0, help="Classifier-free guidance.")] = 3.0,
     scheduler: Annotated[SamplerChoice, typer.Option(help="Sampler.")] = SamplerChoice.ddim,
-    strength: Annotated[
-        float | None,
-        typer.Option(
-            min=0.0,
-            max=1.0,
-            help="Start from the EEG's predicted structure noised this far (1: pure noise, 0: the "
-            "structure decoded); default: the model's model.structure_strength.",
-        ),
-    ] = None,
+    strength: StrengthOpt = None,
     seed: Annotated[int, typer.Option(help="Same seed and batch size → identical images.")] = 0,
     batch_size: Annotated[int, typer.Option(min=1, help="EEG rows per sampling batch.")] = 16,
-    subject: Annotated[
-        int | None,
-        typer.Option(
-            help="Shards: only this subject. .npy: the subject of every row (default 0, "
-            "subject-agnostic)."
-        ),
-    ] = None,
+    subject: SubjectOpt = None,
     split: Annotated[str, typer.Option(help="Shard split to reconstruct.")] = "test",
-    limit: Annotated[
-        int | None, typer.Option(min=1, help="Only the first N images per subject (or rows).")
-    ] = None,
-    vae: Annotated[
-        str | None,
-        typer.Option(help="VAE folder or shard dir; default: the model's vae/, else the shards'."),
-    ] = None,
+    limit: LimitOpt = None,
+    vae: VaeOpt = None,
     device: Annotated[str | None, typer.Option(help="torch device; default cuda if any.")] = None,
-    tracking_uri: Annotated[
-        str | None,
-        typer.Option(help="MLflow URI for models:/ references; default $MLFLOW_TRACKING_URI."),
-    ] = None,
+    tracking_uri: TrackingUriOpt = None,
 ) -> None:
     """Reconstruct images from EEG with classifier-free guidance; writes PNGs and a grid.
 
@@ -116,11 +126,13 @@ def reconstruct(
     and grid.png (stimulus | subjects). A .npy file: one image per row (row-NNNNN.png).
     reconstructions.json lists every image with its subject, image index and settings.
     """
-    from sgdm_dist.threads import HostInfo, configure_threads
+    from sgdm_dist.utils.threads import HostInfo, configure_threads
 
     configure_threads(HostInfo.from_env())
     from sgdm_dist.data import DataError
-    from sgdm_dist.reconstruct import ReconstructError, SamplingOptions, reconstruct_to_dir
+    from sgdm_dist.reconstruct.model import ReconstructError
+    from sgdm_dist.reconstruct.run import reconstruct_to_dir
+    from sgdm_dist.reconstruct.sampling import SamplingOptions
 
     options = SamplingOptions(
         steps=steps,

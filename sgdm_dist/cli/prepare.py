@@ -22,11 +22,11 @@ def prepare(
     ] = False,
 ) -> None:
     """Preprocess EEG with MNE, cache CLIP/VAE features and write WebDataset shards + manifest."""
-    from sgdm_dist.atomic import DiskFullError
     from sgdm_dist.data import DataError
     from sgdm_dist.data.manifest import manifest_hash
     from sgdm_dist.data.prepare import local_out_dir, summary_rows
     from sgdm_dist.data.prepare import prepare as run_prepare
+    from sgdm_dist.utils.atomic import DiskFullError
 
     cfg = resolve(config, overrides)
     console = Console()

@@ -16,54 +16,63 @@ if TYPE_CHECKING:
     from sgdm_dist.registry import RegisteredVersion
 
 
+# register's argument and option declarations, named here so its signature stays a list.
+RegisterConfigArg = Annotated[
+    Path | None,
+    typer.Argument(
+        help="Experiment YAML (model folder, names, tracking); not needed with --run.",
+        show_default=False,
+    ),
+]
+RunOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--run",
+        help="Register the model this training run uploaded to MLflow (no CONFIG needed; "
+        "e.g. a run trained on a cluster).",
+    ),
+]
+ModelDirOpt = Annotated[
+    Path | None,
+    typer.Option(help="Trained model folder; default {experiment.output_dir}/model."),
+]
+RunIdOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="With a model folder: the MLflow run that trained it (lineage); default: the run "
+        "that uploaded the same weights."
+    ),
+]
+NameOpt = Annotated[
+    str | None, typer.Option(help="Registered model name; default registry.model_name.")
+]
+AliasOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        help="Alias to point at the version (repeatable), e.g. candidate, champion; "
+        "default registry.aliases."
+    ),
+]
+VersionOpt = Annotated[
+    int | None,
+    typer.Option(help="Register nothing new: move --alias onto this existing version (promotion)."),
+]
+TrackingUriOpt = Annotated[
+    str | None,
+    typer.Option(help="MLflow tracking URI; default: the config's, else $MLFLOW_TRACKING_URI."),
+]
+
+
 def register(
-    config: Annotated[
-        Path | None,
-        typer.Argument(
-            help="Experiment YAML (model folder, names, tracking); not needed with --run.",
-            show_default=False,
-        ),
-    ] = None,
+    config: RegisterConfigArg = None,
     overrides: OverridesArg = None,
-    run: Annotated[
-        str | None,
-        typer.Option(
-            "--run",
-            help="Register the model this training run uploaded to MLflow (no CONFIG needed; "
-            "e.g. a run trained on a cluster).",
-        ),
-    ] = None,
-    model_dir: Annotated[
-        Path | None,
-        typer.Option(help="Trained model folder; default {experiment.output_dir}/model."),
-    ] = None,
-    run_id: Annotated[
-        str | None,
-        typer.Option(
-            help="With a model folder: the MLflow run that trained it (lineage); default: the run "
-            "that uploaded the same weights."
-        ),
-    ] = None,
-    name: Annotated[
-        str | None, typer.Option(help="Registered model name; default registry.model_name.")
-    ] = None,
-    alias: Annotated[
-        list[str] | None,
-        typer.Option(
-            help="Alias to point at the version (repeatable), e.g. candidate, champion; "
-            "default registry.aliases."
-        ),
-    ] = None,
-    version: Annotated[
-        int | None,
-        typer.Option(
-            help="Register nothing new: move --alias onto this existing version (promotion)."
-        ),
-    ] = None,
-    tracking_uri: Annotated[
-        str | None,
-        typer.Option(help="MLflow tracking URI; default: the config's, else $MLFLOW_TRACKING_URI."),
-    ] = None,
+    run: RunOpt = None,
+    model_dir: ModelDirOpt = None,
+    run_id: RunIdOpt = None,
+    name: NameOpt = None,
+    alias: AliasOpt = None,
+    version: VersionOpt = None,
+    tracking_uri: TrackingUriOpt = None,
 ) -> None:
     """Register a trained model as a new MLflow model version and point aliases at it.
 
@@ -81,10 +90,7 @@ def register(
         _fail("give CONFIG (a local model folder) or --run RUN_ID")
     uri = _tracking(cfg, tracking_uri)
     try:
-        if version is not None and (model_dir is not None or run_id or run):
-            raise RegistryError("--version moves aliases: no --model-dir, --run or --run-id")
-        if run is not None and (model_dir is not None or run_id):
-            raise RegistryError("--run registers what the run uploaded: no --model-dir/--run-id")
+        _check_sources(version, run, model_dir, run_id)
         aliases = list(alias) if alias else list(cfg.registry.aliases if cfg else [])
         if version is not None:
             model_name = name or (cfg.registry.model_name if cfg else None)
@@ -110,9 +116,21 @@ def register(
     _print_version("registered" if version is None else "aliases set on", result, uri)
 
 
+def _check_sources(
+    version: int | None, run: str | None, model_dir: Path | None, run_id: str | None
+) -> None:
+    """Refuse option mixes that name more than one thing to register (or promote)."""
+    from sgdm_dist.registry import RegistryError
+
+    if version is not None and (model_dir is not None or run_id or run):
+        raise RegistryError("--version moves aliases: no --model-dir, --run or --run-id")
+    if run is not None and (model_dir is not None or run_id):
+        raise RegistryError("--run registers what the run uploaded: no --model-dir/--run-id")
+
+
 def _tracking(cfg: Config | None, explicit: str | None, config_flag: str = "CONFIG") -> str:
     """--tracking-uri, else the config's (its own value, $MLFLOW_TRACKING_URI, its output_dir)."""
-    from sgdm_dist.tracking import default_tracking_uri
+    from sgdm_dist.utils.tracking import default_tracking_uri
 
     env_uri = os.environ.get("MLFLOW_TRACKING_URI")
     if explicit:
@@ -135,10 +153,7 @@ def pull(
         Path | None,
         typer.Option(help="Experiment YAML whose experiment.tracking_uri / output_dir to use."),
     ] = None,
-    tracking_uri: Annotated[
-        str | None,
-        typer.Option(help="MLflow tracking URI; default: the config's, else $MLFLOW_TRACKING_URI."),
-    ] = None,
+    tracking_uri: TrackingUriOpt = None,
 ) -> None:
     """Download a registered model, verify its checksums and print what was pulled."""
     from sgdm_dist.registry import RegistryError, pull_model

@@ -11,7 +11,7 @@ import typer
 
 from sgdm_dist.cli.common import EXIT_BAD_INPUT, ConfigArg, OverridesArg, resolve
 
-log = logging.getLogger("sgdm_dist.train")
+log = logging.getLogger("sgdm_dist.training.loop")
 
 
 def train(
@@ -32,17 +32,17 @@ def train(
     """
     cfg = resolve(config, overrides)
     # Heavy imports after the config is known to be valid, so config errors stay instant.
-    from sgdm_dist.threads import HostInfo, configure_threads
+    from sgdm_dist.utils.threads import HostInfo, configure_threads
 
     configure_threads(
         HostInfo.from_env(), cfg.experiment.threads
     )  # before torch spins up its pools
-    from sgdm_dist.atomic import DiskFullError
-    from sgdm_dist.checkpoint import CheckpointError
     from sgdm_dist.data import DataError
-    from sgdm_dist.distributed import DistributedSetupError
-    from sgdm_dist.train import PREEMPTED_EXIT_CODE, NonFiniteLossError, Preempted
-    from sgdm_dist.train import train as run_training
+    from sgdm_dist.training.checkpoint import CheckpointError
+    from sgdm_dist.training.distributed import DistributedSetupError
+    from sgdm_dist.training.loop import PREEMPTED_EXIT_CODE, NonFiniteLossError, Preempted
+    from sgdm_dist.training.loop import train as run_training
+    from sgdm_dist.utils.atomic import DiskFullError
 
     try:
         result = run_training(

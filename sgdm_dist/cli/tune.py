@@ -34,7 +34,7 @@ def tune(
     cfg = resolve(config, overrides)
     # Heavy imports after the config is known to be valid, so config errors stay instant.
     from sgdm_dist.data import DataError
-    from sgdm_dist.tune import run_sweep
+    from sgdm_dist.tune import SweepError, run_sweep
 
     # Ray phones home with usage statistics unless told not to; a sweep has no business doing so.
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -48,6 +48,9 @@ def tune(
     except DataError as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         sys.exit(EXIT_BAD_INPUT)
+    except SweepError as exc:  # every trial failed: their errors, not a driver traceback
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        sys.exit(1)
     typer.echo(f"\ntop configurations by {cfg.tune.metric} ({cfg.tune.mode}):\n{result.table}")
     typer.echo(f"best configuration: {result.best_config}")
     if result.parent_run_id:

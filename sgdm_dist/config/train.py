@@ -43,7 +43,7 @@ class TrainConfig(Section):
         None,
         gt=0,
         description="Alignment stage length in passes over the train split; set → overrides "
-        "align_steps (sgdm_dist/selection.py).",
+        "align_steps (sgdm_dist/training/selection.py).",
     )
     select_best: bool = Field(
         False, description="Align-only runs: export the best validation weights (not the last)."

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from sgdm_dist.atomic import write_dir_atomically
+from sgdm_dist.utils.atomic import write_dir_atomically
 
 log = logging.getLogger(__name__)
 
@@ -76,29 +76,9 @@ def train_autoencoder(
         )
     torch.manual_seed(seed)
     vae = AutoencoderKL(sample_size=images.shape[-1], **small_ae_config(images.shape[-1]))
-    opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
-    gen = torch.Generator().manual_seed(seed)
     x_all = images.float() * 2 - 1
-    curve: dict[str, list[float]] = {"step": [], "loss": []}
     started = time.perf_counter()
-    vae.train()
-    for step in range(steps):
-        idx = torch.randint(0, x_all.shape[0], (batch_size,), generator=gen)
-        x = _augment(x_all[idx], gen)
-        posterior = vae.encode(x).latent_dist
-        # The posterior mean: sampling at init (std ≈ 1) drowns the code and stalls a short run.
-        recon = vae.decode(posterior.mean).sample
-        rec = (recon - x).abs().mean() + (recon - x).pow(2).mean()
-        loss = rec + KL_WEIGHT * posterior.kl().mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        if step % 10 == 0 or step == steps - 1:
-            curve["step"].append(step)
-            curve["loss"].append(float(rec.detach()))
-    vae.eval()
+    curve = _fit(vae, x_all, steps=steps, batch_size=batch_size, lr=lr, seed=seed)
     scaling = _unit_variance_scaling(vae, x_all)
     vae.register_to_config(scaling_factor=scaling)
     seconds = time.perf_counter() - started
@@ -120,6 +100,37 @@ def train_autoencoder(
         "curve": curve,
     }
     return vae, record
+
+
+def _fit(
+    vae: Any, x_all: Tensor, *, steps: int, batch_size: int, lr: float, seed: int
+) -> dict[str, list[float]]:
+    """Train ``vae`` in place on x_all [N, 3, H, W] in [-1, 1], left in eval mode.
+
+    Returns the L1 + L2 reconstruction loss every 10 steps and at the last: ``{"step", "loss"}``.
+    """
+    opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
+    gen = torch.Generator().manual_seed(seed)
+    curve: dict[str, list[float]] = {"step": [], "loss": []}
+    vae.train()
+    for step in range(steps):
+        idx = torch.randint(0, x_all.shape[0], (batch_size,), generator=gen)
+        x = _augment(x_all[idx], gen)
+        posterior = vae.encode(x).latent_dist
+        # The posterior mean: sampling at init (std ≈ 1) drowns the code and stalls a short run.
+        recon = vae.decode(posterior.mean).sample
+        rec = (recon - x).abs().mean() + (recon - x).pow(2).mean()
+        loss = rec + KL_WEIGHT * posterior.kl().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if step % 10 == 0 or step == steps - 1:
+            curve["step"].append(step)
+            curve["loss"].append(float(rec.detach()))
+    vae.eval()
+    return curve
 
 
 @torch.no_grad()

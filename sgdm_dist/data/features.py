@@ -20,21 +20,24 @@ import numpy as np
 import torch
 from PIL import Image
 
-from sgdm_dist.atomic import atomic_write, write_dir_atomically
 from sgdm_dist.config.data import FeatureConfig
 from sgdm_dist.data import DataError
-from sgdm_dist.data.io import atomic_save_npy, atomic_write_json, sha256_file
+from sgdm_dist.data.io import atomic_write_json, sha256_file
+from sgdm_dist.utils.atomic import atomic_write, write_dir_atomically
 
 log = logging.getLogger(__name__)
 
+
 TINY_CLIP = "sgdm-tiny-clip"
-# A 32-d CLIP small enough for CPU tests (≈3.5 M params, mostly the token embedding).
+
+
 TINY_CLIP_CONFIG: dict[str, Any] = {
     "embed_dim": 32,
     "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 8, "head_width": 32},
     "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
 }
-# Tiny AutoencoderKL: 4 levels → 8× downsampling (64 px → [4, 8, 8]), like SD's VAE.
+
+
 TINY_VAE_CONFIG: dict[str, Any] = {
     "in_channels": 3,
     "out_channels": 3,
@@ -118,7 +121,7 @@ class ClipEncoder:
                     f"data.features: cannot load open_clip {arch} / {cfg.clip_pretrained}: {exc}"
                 ) from None
             mid = f"{arch}:{cfg.clip_pretrained}"
-            self.info = EncoderInfo(mid, cfg.clip_pretrained, _key(mid), False)
+            self.info = EncoderInfo(mid, cfg.clip_pretrained, cache_key(mid), False)
         self.model = model.eval().to(self.device)
         self.preprocess = preprocess
         self.tokenizer = open_clip.get_tokenizer(arch)
@@ -183,8 +186,8 @@ class VaeEncoder:
                 raise DataError(
                     f"data.features.vae: cannot load AutoencoderKL '{cfg.vae}': {exc}"
                 ) from None
-            self.info = EncoderInfo(cfg.vae, cfg.vae, _key(cfg.vae), False)
-        self.info.key = _key(f"{self.info.key}|{self.size}")
+            self.info = EncoderInfo(cfg.vae, cfg.vae, cache_key(cfg.vae), False)
+        self.info.key = cache_key(f"{self.info.key}|{self.size}")
         self.vae = vae.eval().to(self.device)
         self.scaling = float(vae.config.scaling_factor)
 
@@ -206,7 +209,7 @@ class VaeEncoder:
             len(train),
             cfg.autoencoder_steps,
         )
-        load = lambda ps: torch.stack([to_tensor(_open(p), cfg.image_size) for p in ps])  # noqa: E731
+        load = lambda ps: torch.stack([to_tensor(open_image(p), cfg.image_size) for p in ps])  # noqa: E731
         vae, record = ae.train_autoencoder(
             load(train), steps=cfg.autoencoder_steps, lr=cfg.autoencoder_lr, seed=seed
         )
@@ -247,7 +250,7 @@ def to_tensor(im: Image.Image, size: int) -> torch.Tensor:
     return torch.from_numpy(np.asarray(im, dtype=np.float32) / 255.0).permute(2, 0, 1)
 
 
-def _key(text: str) -> str:
+def cache_key(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -270,83 +273,7 @@ def _save_clip(model: torch.nn.Module, arch: str, save: Path) -> None:
     atomic_write(save / "model.safetensors", lambda tmp: save_file(state, str(tmp)))
 
 
-class FeatureCache:
-    """Per-image features keyed by (encoder key, image sha256): ``{root}/{kind}-{key}/{sha}.npy``."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = Path(root)
-        self.hits = 0
-        self.misses = 0
-
-    def path(self, kind: str, key: str, sha: str) -> Path:
-        return self.root / f"{kind}-{key[:16]}" / f"{sha}.npy"
-
-    def get(self, kind: str, key: str, sha: str) -> np.ndarray | None:
-        p = self.path(kind, key, sha)
-        if p.exists():
-            try:
-                value = np.load(p, allow_pickle=False)
-                self.hits += 1
-                return value
-            except (ValueError, OSError, EOFError) as exc:
-                # A damaged cache entry is only a cache miss: name it, drop it, recompute it.
-                log.warning("feature cache: %s is corrupt (%s); recomputing it", p, exc)
-                p.unlink(missing_ok=True)
-        self.misses += 1
-        return None
-
-    def put(self, kind: str, key: str, sha: str, value: np.ndarray) -> None:
-        atomic_save_npy(self.path(kind, key, sha), value)
-
-
-@dataclass
-class ImageFeatures:
-    clip: np.ndarray  # [N, D] float32, L2-normalised
-    latent: np.ndarray  # [N, 4, h, w] float32, × scaling factor
-    sha256: list[str]
-
-
-def compute_features(
-    paths: list[Path], clip: ClipEncoder, vae: VaeEncoder, cache: FeatureCache, batch_size: int
-) -> ImageFeatures:
-    """CLIP + VAE features of every image, computing only cache misses (batched)."""
-    shas = [sha256_file(p) for p in paths]
-    clips: list[np.ndarray | None] = [cache.get("clip", clip.info.key, s) for s in shas]
-    lats: list[np.ndarray | None] = [cache.get("vae", vae.info.key, s) for s in shas]
-    todo = [i for i in range(len(paths)) if clips[i] is None or lats[i] is None]
-    for start in range(0, len(todo), batch_size):
-        idx = todo[start : start + batch_size]
-        ims = [_open(paths[i]) for i in idx]
-        c, z = clip.images(ims), vae.latents(ims)
-        for j, i in enumerate(idx):
-            clips[i], lats[i] = c[j], z[j]
-            cache.put("clip", clip.info.key, shas[i], c[j])
-            cache.put("vae", vae.info.key, shas[i], z[j])
-    return ImageFeatures(
-        np.stack(clips).astype(np.float32), np.stack(lats).astype(np.float32), shas
-    )
-
-
-def text_features(
-    names: list[str], clip: ClipEncoder, cache: FeatureCache, batch_size: int
-) -> np.ndarray:
-    """Text embeddings [K, D] of prompts like ``"a photo of a aardvark"``, cached by prompt hash."""
-    prompts = [f"a photo of a {n}" for n in names]
-    keys = [_key(p) for p in prompts]
-    out: list[np.ndarray | None] = [cache.get("text", clip.info.key, k) for k in keys]
-    todo = [i for i, v in enumerate(out) if v is None]
-    for start in range(0, len(todo), batch_size):
-        idx = todo[start : start + batch_size]
-        emb = clip.texts([prompts[i] for i in idx])
-        for j, i in enumerate(idx):
-            out[i] = emb[j]
-            cache.put("text", clip.info.key, keys[i], emb[j])
-    if not out:
-        return np.zeros((0, clip.dim), np.float32)
-    return np.stack(out).astype(np.float32)
-
-
-def _open(path: Path) -> Image.Image:
+def open_image(path: Path) -> Image.Image:
     try:
         with Image.open(path) as im:
             return im.convert("RGB")

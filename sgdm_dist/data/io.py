@@ -1,4 +1,4 @@
-"""Small file helpers of the data pipeline: atomic JSON/npy writes (see sgdm_dist.atomic) and content hashes."""
+"""Small file helpers of the data pipeline: atomic JSON/npy writes (see sgdm_dist.utils.atomic) and content hashes."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from sgdm_dist.atomic import atomic_write
 from sgdm_dist.data import DataError
+from sgdm_dist.utils.atomic import atomic_write
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:

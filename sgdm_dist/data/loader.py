@@ -40,7 +40,8 @@ from sgdm_dist.data.plan import (
 )
 from sgdm_dist.data.samples import SampleSpec, check_finite_batch
 from sgdm_dist.data.shards import decode, iter_shard
-from sgdm_dist.threads import loader_worker_init
+from sgdm_dist.data.splits import select_shards
+from sgdm_dist.utils.threads import loader_worker_init
 
 log = logging.getLogger(__name__)
 
@@ -325,18 +326,6 @@ class EEGLoader:
         return len(self.stream) - self.stream.skip_batches
 
 
-def select_shards(m: Manifest, split: str, subjects: list[int] | None) -> list[ShardEntry]:
-    if split not in m.splits:
-        raise DataError(f"split '{split}' not in {m.root}/manifest.json (have {sorted(m.splits)})")
-    shards = m.splits[split].shards
-    if subjects is not None:
-        missing = sorted(set(subjects) - set(m.subjects))
-        if missing:
-            raise DataError(f"subjects {missing} not in {m.root} (have {m.subjects})")
-        shards = [s for s in shards if s.subject in subjects]
-    return shards
-
-
 def make_loader(
     cfg: Config,
     split: str,
@@ -389,20 +378,4 @@ def make_loader(
         m,
         pin_memory=pin,
         persistent_workers=lc.persistent_workers and lc.num_workers > 0,
-    )
-
-
-def split_image_embeddings(shard_dir: str, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(image_index [N] int64, clip [N, D] float32) of the split's unique images, by image_index."""
-    import fsspec
-
-    m = read_manifest(shard_dir)
-    if split not in m.splits:
-        raise DataError(f"split '{split}' not in {shard_dir}/manifest.json")
-    with fsspec.open(f"{shard_dir.rstrip('/')}/{m.splits[split].images_file}", "rb") as f:
-        z = np.load(f, allow_pickle=False)
-        idx, clip = z["image_index"], z["clip"]
-    order = np.argsort(idx)
-    return torch.from_numpy(idx[order].astype(np.int64)), torch.from_numpy(
-        clip[order].astype(np.float32)
     )

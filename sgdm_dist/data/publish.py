@@ -25,50 +25,13 @@ SPLITS = ("train", "val", "test")
 def assemble_manifest(
     cfg: Config, out_dir: Path, plan: Plan, records: list[dict], enc: dict, feature_meta: dict
 ) -> Manifest:
+    """The manifest of the shard set from every unit's record (all units must share one layout)."""
+    _check_same_layout(records)
     first = records[0]
-    for r in records:
-        if r["ch_names"] != first["ch_names"] or r["times"] != first["times"]:
-            raise DataError(
-                f"sub-{r['subject']:02d} ses-{r['session']:02d}: {len(r['ch_names'])} channels × "
-                f"{len(r['times'])} samples, but sub-{first['subject']:02d} "
-                f"ses-{first['session']:02d} has {len(first['ch_names'])} × {len(first['times'])} "
-                f"(channels {r['ch_names']} vs {first['ch_names']})"
-            )
-    splits: dict[str, SplitInfo] = {}
-    for split in SPLITS:
-        recs = sorted((r for r in records if r["split"] == split), key=lambda r: r["unit"])
-        shards = [
-            ShardEntry(subject=r["subject"], session=r["session"], **s)
-            for r in recs
-            for s in r["shards"]
-        ]
-        per_subject: dict[int, int] = {}
-        for e in shards:
-            per_subject[e.subject] = per_subject.get(e.subject, 0) + e.n_samples
-        si = plan.images[split]
-        splits[split] = SplitInfo(
-            shards=shards,
-            n_samples=sum(e.n_samples for e in shards),
-            per_subject=dict(sorted(per_subject.items())),
-            n_images=len(si.records),
-            concepts=si.concepts,
-            images_file=f"{split}_images.npz",
-            has_images=si.png is not None,
-        )
-    sessions: dict[int, list[int]] = {}
-    for r in records:
-        sessions.setdefault(r["subject"], [])
-        if r["session"] not in sessions[r["subject"]]:
-            sessions[r["subject"]].append(r["session"])
+    splits = {split: _split_info(plan, split, records) for split in SPLITS}
+    sessions = _sessions(records)
     lat = plan.images["train"].latent.shape[1:] if len(plan.images["train"].records) else (4, 0, 0)
-    encoders = {
-        name: (
-            _rel(info.path, out_dir)
-            if info.random_init or info.saved_with_shards
-            else str(info.path)
-        )
-        for name, info in enc.items()
-    }
+    encoders = _encoder_paths(enc, out_dir)
     fm = {k: v for k, v in feature_meta.items() if k != "cache"}
     return Manifest(
         package_version=__version__,
@@ -92,6 +55,64 @@ def assemble_manifest(
         text_embeddings="text_embeddings.npz",
         seed=cfg.experiment.seed,
     )
+
+
+def _check_same_layout(records: list[dict]) -> None:
+    """Every unit has the first unit's channels and time points, or a DataError naming both."""
+    first = records[0]
+    for r in records:
+        if r["ch_names"] != first["ch_names"] or r["times"] != first["times"]:
+            raise DataError(
+                f"sub-{r['subject']:02d} ses-{r['session']:02d}: {len(r['ch_names'])} channels × "
+                f"{len(r['times'])} samples, but sub-{first['subject']:02d} "
+                f"ses-{first['session']:02d} has {len(first['ch_names'])} × {len(first['times'])} "
+                f"(channels {r['ch_names']} vs {first['ch_names']})"
+            )
+
+
+def _split_info(plan: Plan, split: str, records: list[dict]) -> SplitInfo:
+    """One split's shards (in unit order), sample counts per subject and image table facts."""
+    recs = sorted((r for r in records if r["split"] == split), key=lambda r: r["unit"])
+    shards = [
+        ShardEntry(subject=r["subject"], session=r["session"], **s)
+        for r in recs
+        for s in r["shards"]
+    ]
+    per_subject: dict[int, int] = {}
+    for e in shards:
+        per_subject[e.subject] = per_subject.get(e.subject, 0) + e.n_samples
+    si = plan.images[split]
+    return SplitInfo(
+        shards=shards,
+        n_samples=sum(e.n_samples for e in shards),
+        per_subject=dict(sorted(per_subject.items())),
+        n_images=len(si.records),
+        concepts=si.concepts,
+        images_file=f"{split}_images.npz",
+        has_images=si.png is not None,
+    )
+
+
+def _sessions(records: list[dict]) -> dict[int, list[int]]:
+    """Subject → its sessions, in the order the records first name them."""
+    sessions: dict[int, list[int]] = {}
+    for r in records:
+        sessions.setdefault(r["subject"], [])
+        if r["session"] not in sessions[r["subject"]]:
+            sessions[r["subject"]].append(r["session"])
+    return sessions
+
+
+def _encoder_paths(enc: dict, out_dir: Path) -> dict[str, str]:
+    """Encoder name → where to reload it: relative to the shards when prepare made the weights."""
+    return {
+        name: (
+            _rel(info.path, out_dir)
+            if info.random_init or info.saved_with_shards
+            else str(info.path)
+        )
+        for name, info in enc.items()
+    }
 
 
 def _rel(path: str | None, root: Path) -> str:

@@ -20,9 +20,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sgdm_dist.atomic import recover_dir, remove_leftovers
 from sgdm_dist.data import DataError
 from sgdm_dist.data.io import atomic_write_json
+from sgdm_dist.utils.atomic import recover_dir, remove_leftovers
 
 if TYPE_CHECKING:
     from sgdm_dist.config import Config

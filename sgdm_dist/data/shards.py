@@ -23,10 +23,10 @@ import numpy as np
 import webdataset as wds
 from webdataset.tariterators import base_plus_ext, tar_file_iterator
 
-from sgdm_dist.atomic import DiskFullError, is_disk_full
 from sgdm_dist.data import DataError
 from sgdm_dist.data.io import atomic_write_json, open_url, sha256_file
 from sgdm_dist.data.samples import SampleSpec, check_sample
+from sgdm_dist.utils.atomic import DiskFullError, is_disk_full
 
 UNITS_DIR = ".units"
 REQUIRED_KEYS = ("eeg.npy", "clip.npy", "latent.npy", "json")

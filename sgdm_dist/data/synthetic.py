@@ -28,11 +28,11 @@ import mne
 import numpy as np
 from PIL import Image
 
-from sgdm_dist.atomic import atomic_write
 from sgdm_dist.config.data import SyntheticConfig
 from sgdm_dist.data.io import atomic_save_npy
 from sgdm_dist.data.sources import THINGS_CHANNELS
 from sgdm_dist.data.stimuli import render as render_stimulus
+from sgdm_dist.utils.atomic import atomic_write
 
 log = logging.getLogger(__name__)
 

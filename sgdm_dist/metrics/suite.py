@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from sgdm_dist.config.evaluate import EvaluateConfig
 from sgdm_dist.metrics.backbones import Backbone, load_backbones
@@ -88,7 +89,8 @@ def per_image_metrics(
         ),
     }
     flags: dict[str, float] = {}
-    for name, backbone in loaded.items():
+    # One step per backbone: each runs a network over 2 × N images, the slow part of scoring.
+    for name, backbone in tqdm(loaded.items(), desc="metric backbones", unit="net", leave=False):
         feats_gt = backbone.features(gt, batch_size)
         feats_recon = backbone.features(recon, batch_size)
         for metric in backbone.spec.metrics:

@@ -7,6 +7,7 @@ from typing import Literal
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
+from diffusers.training_utils import compute_snr
 from torch import Tensor
 
 from sgdm_dist.config.model import DiffusionConfig
@@ -52,8 +53,7 @@ def min_snr_weights(
     """Per-sample loss weights [B] of Min-SNR-γ (Hang et al. 2023), or None when off."""
     if gamma is None:
         return None
-    alpha_bar = scheduler.alphas_cumprod.to(timesteps.device)[timesteps].float()
-    snr = alpha_bar / (1 - alpha_bar)
+    snr = compute_snr(scheduler, timesteps)  # ᾱ / (1 − ᾱ), diffusers' own
     clipped = snr.clamp(max=gamma)
     if scheduler.config.prediction_type == "v_prediction":
         return clipped / (snr + 1)

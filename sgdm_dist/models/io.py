@@ -1,4 +1,7 @@
-"""Model folders: ``model.safetensors`` + ``config.json``, written atomically, read without unpickling.
+"""Model folder files: names, format versions, and checks that run before anything is loaded.
+
+The layout itself (diffusers' ``unet/`` and ``scheduler/`` beside the SGDM parts) and the writing
+and loading are in :mod:`sgdm_dist.models.export`. Nothing is ever unpickled.
 
 Reading checks the weights file's safetensors header against its size first, so a truncated or
 damaged ``model.safetensors`` is a :class:`ModelFileError` naming the file, the tensor and the
@@ -15,7 +18,11 @@ from typing import Any
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 FORMAT = "sgdm-dist/model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: diffusers layout (unet/, scheduler/); 1: the UNet inside model.safetensors
+READ_VERSIONS = (1, 2)
+UNET_DIR = "unet"
+UNET_WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"  # diffusers' own file name
+SCHEDULER_DIR = "scheduler"
 _MAX_HEADER_BYTES = 100 * 2**20  # safetensors' own limit on the JSON header
 
 
@@ -42,14 +49,27 @@ def read_model_dir(path: str | Path) -> tuple[dict[str, Any], Path]:
         raise ModelFileError(f"{config_path}: invalid JSON ({exc})") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise ModelFileError(f"{config_path}: 'format' is not {FORMAT!r}; not an SGDM model config")
-    if data.get("format_version") != FORMAT_VERSION:
+    version = data.get("format_version")
+    if version not in READ_VERSIONS:
         raise ModelFileError(
-            f"{config_path}: format_version {data.get('format_version')!r} unsupported "
-            f"(this package reads {FORMAT_VERSION})"
+            f"{config_path}: format_version {version!r} unsupported "
+            f"(this package reads {list(READ_VERSIONS)})"
         )
-    for key in ("model", "n_channels", "n_times", "n_subjects", "unet"):
+    required = ("model", "n_channels", "n_times", "n_subjects") + (
+        ("unet",) if version == 1 else ()
+    )
+    for key in required:
         if key not in data:
             raise ModelFileError(f"{config_path}: missing key '{key}'")
+    if version >= 2:
+        unet_dir = path / UNET_DIR
+        for needed in (unet_dir / CONFIG_NAME, unet_dir / UNET_WEIGHTS_NAME):
+            if not needed.is_file():
+                raise ModelFileError(
+                    f"{path}: missing {needed.relative_to(path)} (format {version} keeps the UNet "
+                    f"in {UNET_DIR}/, diffusers' layout)"
+                )
+        check_safetensors(unet_dir / UNET_WEIGHTS_NAME)
     check_safetensors(weights_path)
     return data, weights_path
 

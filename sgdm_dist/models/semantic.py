@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sgdm_dist.collective import gather_no_grad, gather_with_grad
 from sgdm_dist.config.model import SemanticConfig
+from sgdm_dist.utils.collective import gather_no_grad, gather_with_grad
 
 
 class SemanticHead(nn.Module):
@@ -90,7 +90,7 @@ def contrastive_loss(
     Trials of the same image (equal ``image_index``) are all positives of each other, so repetitions
     of a stimulus in one batch are not pushed apart as false negatives.
     """
-    # Over the global batch (sgdm_dist.collective): this rank's rows [B] against every rank's
+    # Over the global batch (sgdm_dist.utils.collective): this rank's rows [B] against every rank's
     # columns [W*B]; the mean over ranks of these local losses is the 1-process loss. fp32 logits.
     pred, target = pred.float(), target.float()
     all_pred, first = gather_with_grad(pred)

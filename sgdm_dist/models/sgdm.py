@@ -14,12 +14,10 @@ from typing import Any, Literal
 
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
-from safetensors.torch import load_model, save_model
 from torch import Tensor, nn
 
-from sgdm_dist.atomic import write_dir_atomically
 from sgdm_dist.config.model import ModelConfig
-from sgdm_dist.models import io
+from sgdm_dist.models import export
 from sgdm_dist.models.conditioning import Condition, MultiScaleConditioning, dropout_mask
 from sgdm_dist.models.diffusion import (
     Sampler,
@@ -340,54 +338,18 @@ class SGDM(nn.Module):
 
     # ---------------------------------------------------------------- persistence
     def config_dict(self) -> dict[str, Any]:
-        return {
-            "format": io.FORMAT,
-            "format_version": io.FORMAT_VERSION,
-            "model": self.cfg.model_dump(mode="json"),
-            "n_channels": self.n_channels,
-            "n_times": self.n_times,
-            "n_subjects": self.n_subjects,
-            # The UNet's own config, so loading never needs the pretrained source again.
-            "unet": {k: v for k, v in self.unet.config.items() if not k.startswith("_")},
-        }
+        return export.config_dict(self)
 
     def save_pretrained(self, path: str | Path) -> Path:
-        """Write ``path/model.safetensors`` + ``path/config.json`` atomically; returns ``path``."""
-
-        def fill(tmp: Path) -> None:
-            save_model(self, str(tmp / io.WEIGHTS_NAME))
-            io.write_json(tmp / io.CONFIG_NAME, self.config_dict())
-
-        return write_dir_atomically(path, fill)
+        """Write the model folder (diffusers layout: :mod:`sgdm_dist.models.export`) atomically."""
+        return export.write_model_dir(self, path)
 
     @classmethod
     def from_pretrained(cls, path: str | Path, *, device: str | torch.device = "cpu") -> SGDM:
         """Load a folder written by :meth:`save_pretrained` (safetensors only, nothing unpickled)."""
-        data, weights = io.read_model_dir(path)
-        try:
-            cfg = ModelConfig.model_validate(data["model"])
-        except ValueError as exc:
-            raise ValueError(
-                f"{Path(path) / io.CONFIG_NAME}: invalid 'model' section: {exc}"
-            ) from None
-        unet = UNet2DConditionModel.from_config(data["unet"])
-        model = cls(
-            cfg,
-            n_channels=int(data["n_channels"]),
-            n_times=int(data["n_times"]),
-            n_subjects=int(data["n_subjects"]),
-            unet=unet,
-        )
-        try:
-            # Load on the CPU, then move: safetensors rejects device strings such as "cpu:0".
-            missing, unexpected = load_model(model, str(weights), strict=False, device="cpu")
-        except RuntimeError as exc:  # shape mismatches
-            raise ValueError(f"{weights}: weights do not match config.json: {exc}") from None
-        if missing or unexpected:
-            raise ValueError(
-                f"{weights}: weights do not match the config (missing {sorted(missing)[:5]}, "
-                f"unexpected {sorted(unexpected)[:5]})"
-            )
+        parts = export.read_model_parts(path)
+        model = cls(parts.cfg, unet=parts.unet, **parts.dims)
+        export.load_weights(model, parts)  # on the CPU: safetensors rejects strings like "cpu:0"
         return model.to(device)
 
 

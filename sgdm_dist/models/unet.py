@@ -87,6 +87,9 @@ def load_pretrained_unet(cfg: UNetConfig, vector_dim: int | None) -> UNet2DCondi
         )
     if vector_dim is not None:
         with torch.no_grad():
+            # Weights missing from the checkpoint may come back uninitialised (torch.empty: any
+            # value, NaN included) from diffusers' loader: initialise the new MLP explicitly.
+            unet.class_embedding.linear_1.reset_parameters()
             unet.class_embedding.linear_2.weight.zero_()
             unet.class_embedding.linear_2.bias.zero_()
     return unet

@@ -1,9 +1,10 @@
 """The MLflow model registry: register a trained SGDM, move aliases, pull a verified copy.
 
-A registered version is an MLflow pyfunc "model from code" (:mod:`sgdm_dist.registry_pyfunc`)
+A registered version is an MLflow pyfunc "model from code" (:mod:`sgdm_dist.registry.pyfunc_model`)
 whose single artifact folder has the layout of ``{output_dir}/model/``::
 
     model.safetensors  config.json  experiment.yaml  data_manifest.json   (from training)
+    unet/  scheduler/    the UNet and noise scheduler in diffusers' layout (from training)
     vae/                 the AutoencoderKL the shards were made with (decodes without the shards)
     checksums.json       sha256 of every file above
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from sgdm_dist.checksums import (  # noqa: F401  (re-exported: registry.sha256_file etc.)
+from sgdm_dist.utils.checksums import (  # noqa: F401  (re-exported: registry.sha256_file etc.)
     CHECKSUMS,
     PULLED,
     UNCHECKED,
@@ -23,7 +23,7 @@ from sgdm_dist.checksums import (  # noqa: F401  (re-exported: registry.sha256_f
     sha256_file,
     write_checksums,
 )
-from sgdm_dist.checksums import verify_folder as _verify_folder
+from sgdm_dist.utils.checksums import verify_folder as _verify_folder
 
 if TYPE_CHECKING:
     from diffusers import AutoencoderKL
@@ -31,10 +31,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MODEL_FILES = ("model.safetensors", "config.json", "experiment.yaml", "data_manifest.json")
+MODEL_DIRS = ("unet", "scheduler")  # diffusers' layout (model format 2); absent in format 1 folders
 VAE_DIR = "vae"
 ARTIFACT_KEY = "sgdm"  # key of the artifact folder in the pyfunc (context.artifacts["sgdm"])
 LOGGED_MODEL_NAME = "sgdm"
-PYFUNC_FILE = Path(__file__).resolve().parents[1] / "registry_pyfunc.py"
+PYFUNC_FILE = Path(__file__).with_name("pyfunc_model.py")
 
 TAG_FILES = "sgdm.files_sha256"
 TAG_MANIFEST = "data.manifest_sha256"
@@ -107,7 +108,7 @@ def redact(uri: str) -> str:
 
 
 def verify_folder(root: Path, expected_digest: str | None = None) -> dict[str, str]:
-    """:func:`sgdm_dist.checksums.verify_folder` (one implementation for every reader), with its
+    """:func:`sgdm_dist.utils.checksums.verify_folder` (one implementation for every reader), with its
     ChecksumError as a RegistryError naming every missing, unexpected or changed file."""
     try:
         return _verify_folder(root, expected_digest)
@@ -141,6 +142,9 @@ def stage_model_folder(model_dir: Path, target: Path, *, bundle_vae: bool = True
     target.mkdir(parents=True)
     for name in MODEL_FILES:
         shutil.copy2(model_dir / name, target / name)
+    for name in MODEL_DIRS:
+        if (model_dir / name).is_dir():
+            shutil.copytree(model_dir / name, target / name)
     if bundle_vae:
         load_vae_for_model(model_dir).save_pretrained(target / VAE_DIR, safe_serialization=True)
     return write_checksums(target)

@@ -1,10 +1,10 @@
 """Which MLflow run made a model: the trained model uploaded to its own run, found again by hash.
 
 At the end of training, rank 0 uploads the exported model in the registry's layout (weights,
-config.json, experiment.yaml, data_manifest.json, the VAE as ``vae/``, checksums.json) to the
-training run as the artifact folder ``sgdm-model`` (:func:`upload_model`). The run is tagged with
-the sha256 of ``model.safetensors`` before the upload and with the sha256 of ``checksums.json``
-after it, so:
+config.json, experiment.yaml, data_manifest.json, unet/, scheduler/, the VAE as ``vae/``,
+checksums.json) to the training run as the artifact folder ``sgdm-model`` (:func:`upload_model`). The
+run is tagged with the digest of its weights files (``models.export.model_digest``) before the
+upload and with the sha256 of ``checksums.json`` after it, so:
 
 * ``sgdm register --run RUN_ID`` downloads that folder from any machine and verifies it against
   the run's tag (:func:`download_run_model`): no shared volume, no config needed;
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 RUN_MODEL_ARTIFACT = "sgdm-model"
-TAG_MODEL_SHA = "sgdm.model_sha256"  # sha256 of model.safetensors, set before the upload
+TAG_MODEL_SHA = "sgdm.model_sha256"  # models.export.model_digest of the weights, set before upload
 TAG_RUN_FILES = "sgdm.files_sha256"  # sha256 of the uploaded checksums.json, set after it
 TAG_STAGE = "sgdm.stage"  # "train" here; the evaluate run sets "evaluate"
 TAG_EVALUATIONS = "sgdm.evaluation_runs"  # on a registered version: its evaluation runs
@@ -42,13 +42,14 @@ def upload_model(client: MlflowClient, run_id: str, model_dir: Path) -> str | No
     """
     from mlflow.entities import RunTag
 
-    from sgdm_dist.registry.core import RegistryError, sha256_file, stage_model_folder
+    from sgdm_dist.models.export import model_digest
+    from sgdm_dist.registry.core import RegistryError, stage_model_folder
 
     model_dir = Path(model_dir)
     client.log_batch(
         run_id,
         tags=[
-            RunTag(TAG_MODEL_SHA, sha256_file(model_dir / "model.safetensors")),
+            RunTag(TAG_MODEL_SHA, model_digest(model_dir)),
             RunTag(TAG_STAGE, "train"),
         ],
     )

@@ -14,11 +14,6 @@ from typing import TYPE_CHECKING
 
 import yaml
 
-from sgdm_dist.atomic import recover_dir, remove_leftovers
-from sgdm_dist.checksums import (
-    CHECKSUMS,
-    PULLED,
-)
 from sgdm_dist.registry.core import (
     ARTIFACT_KEY,
     TAG_FILES,
@@ -31,6 +26,11 @@ from sgdm_dist.registry.core import (
     verify_folder,
 )
 from sgdm_dist.registry.server import RegisteredVersion, _client, find_version
+from sgdm_dist.utils.atomic import recover_dir, remove_leftovers
+from sgdm_dist.utils.checksums import (
+    CHECKSUMS,
+    PULLED,
+)
 
 if TYPE_CHECKING:
     from mlflow.entities.model_registry import ModelVersion

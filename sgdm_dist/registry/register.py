@@ -13,10 +13,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sgdm_dist import __version__
-from sgdm_dist.checksums import (
-    CHECKSUMS,
-    sha256_file,
-)
 from sgdm_dist.config.registry import check_alias
 from sgdm_dist.registry.core import (
     ARTIFACT_KEY,
@@ -43,7 +39,11 @@ from sgdm_dist.registry.server import (
     code_version,
     find_version,
 )
-from sgdm_dist.tracking import experiment_id as create_experiment_id
+from sgdm_dist.utils.checksums import (
+    CHECKSUMS,
+    sha256_file,
+)
+from sgdm_dist.utils.tracking import experiment_id as create_experiment_id
 
 if TYPE_CHECKING:
     from mlflow.entities.model_registry import ModelVersion
@@ -155,8 +155,8 @@ def _publish(
     client: MlflowClient, tracking_uri: str, run: Any, stage: Path, pub: Publication
 ) -> RegisteredVersion:
     """Log the staged folder as a pyfunc into ``run``, register it, tag lineage, set aliases."""
-    from sgdm_dist.pyfunc_verify import code_tags
     from sgdm_dist.registry.lineage import TAG_EVALUATIONS, evaluation_runs
+    from sgdm_dist.registry.verify import code_tags
 
     run_id = run.info.run_id
     files = json.loads((stage / CHECKSUMS).read_text())["files"]
@@ -167,7 +167,7 @@ def _publish(
         TAG_FILES: pub.digest,
         TAG_SOURCE: pub.source,
         TAG_TRAINING_RUN: run_id,
-        **code_tags(),  # sgdm.code_sha256: registry_pyfunc.py as registered (pyfunc_verify)
+        **code_tags(),  # sgdm.code_sha256: pyfunc_model.py as registered (registry.verify)
     }
     if (stage / "data_manifest.json").is_file():
         tags[TAG_MANIFEST] = sha256_file(stage / "data_manifest.json")
@@ -226,33 +226,14 @@ def _lineage_run(
     trained: dict[str, Any],
     manifest_sha: str | None,
 ) -> Any:
-    from mlflow.entities import Param, RunTag
-    from mlflow.exceptions import MlflowException
+    """The run to log the model into: ``run_id`` (checked against the folder), else the training
+    run that uploaded the same weights, else a new "register" run in ``experiment``."""
+    from sgdm_dist.models.export import model_digest
+    from sgdm_dist.registry.lineage import find_training_run
 
-    from sgdm_dist.config import flatten
-    from sgdm_dist.registry.lineage import TAG_MODEL_SHA, find_training_run
-
-    weights_sha = sha256_file(model_dir / "model.safetensors")
+    weights_sha = model_digest(model_dir)
     if run_id is not None:
-        try:
-            run = client.get_run(run_id)
-        except MlflowException:
-            raise RegistryError(
-                f"MLflow run {run_id!r} not found at {redact(tracking_uri)}"
-            ) from None
-        recorded = run.data.tags.get(TAG_MANIFEST)
-        if manifest_sha and recorded and recorded != manifest_sha:
-            raise RegistryError(
-                f"run {run_id} trained on data manifest {recorded[:12]}…, but {model_dir} "
-                f"records {manifest_sha[:12]}…: this run did not produce this model"
-            )
-        uploaded = run.data.tags.get(TAG_MODEL_SHA)
-        if uploaded and uploaded != weights_sha:
-            raise RegistryError(
-                f"run {run_id} uploaded weights with sha256 {uploaded[:12]}…, but "
-                f"{model_dir}/model.safetensors has {weights_sha[:12]}…: this run did not produce it"
-            )
-        return run
+        return _given_run(client, run_id, tracking_uri, model_dir, manifest_sha, weights_sha)
     exp = client.get_experiment_by_name(experiment)
     searched = [exp.experiment_id] if exp is not None else []
     searched += [
@@ -270,6 +251,53 @@ def _lineage_run(
         model_dir,
         weights_sha[:12],
     )
+    return _new_register_run(client, experiment_id, model_dir, trained, manifest_sha)
+
+
+def _given_run(
+    client: MlflowClient,
+    run_id: str,
+    tracking_uri: str,
+    model_dir: Path,
+    manifest_sha: str | None,
+    weights_sha: str,
+) -> Any:
+    """Run ``run_id``, refused when its data manifest or uploaded weights differ from the folder's."""
+    from mlflow.exceptions import MlflowException
+
+    from sgdm_dist.registry.lineage import TAG_MODEL_SHA
+
+    try:
+        run = client.get_run(run_id)
+    except MlflowException:
+        raise RegistryError(f"MLflow run {run_id!r} not found at {redact(tracking_uri)}") from None
+    recorded = run.data.tags.get(TAG_MANIFEST)
+    if manifest_sha and recorded and recorded != manifest_sha:
+        raise RegistryError(
+            f"run {run_id} trained on data manifest {recorded[:12]}…, but {model_dir} "
+            f"records {manifest_sha[:12]}…: this run did not produce this model"
+        )
+    uploaded = run.data.tags.get(TAG_MODEL_SHA)
+    if uploaded and uploaded != weights_sha:
+        raise RegistryError(
+            f"run {run_id} uploaded weights with sha256 {uploaded[:12]}…, but "
+            f"{model_dir} has weights {weights_sha[:12]}…: this run did not produce them"
+        )
+    return run
+
+
+def _new_register_run(
+    client: MlflowClient,
+    experiment_id: str,
+    model_dir: Path,
+    trained: dict[str, Any],
+    manifest_sha: str | None,
+) -> Any:
+    """A new, finished "register" run holding the folder's config as params and its lineage tags."""
+    from mlflow.entities import Param, RunTag
+
+    from sgdm_dist.config import flatten
+
     run = client.create_run(experiment_id, run_name=f"register-{time.strftime('%Y%m%d-%H%M%S')}")
     # The folder's own config as params: the run then answers "how was this model made".
     items = [(k, str(v)[:6000]) for k, v in flatten(trained).items()]
@@ -305,7 +333,7 @@ def _log_pyfunc(client: MlflowClient, run_id: str, stage: Path, digest: str) -> 
     """
     import mlflow
 
-    from sgdm_dist.registry_pyfunc import MODEL_CONFIG
+    from sgdm_dist.registry.pyfunc_model import MODEL_CONFIG
 
     signature, example = _signature(stage)
     artifact = f"{LOGGED_MODEL_NAME}-pyfunc-{digest[:12]}"
@@ -335,7 +363,7 @@ def _signature(stage: Path) -> tuple[Any, Any]:
     import numpy as np
     from mlflow.models import infer_signature
 
-    from sgdm_dist.registry_pyfunc import DEFAULT_PARAMS
+    from sgdm_dist.registry.pyfunc_model import DEFAULT_PARAMS
 
     config = json.loads((stage / "config.json").read_text())
     c, t = int(config["n_channels"]), int(config["n_times"])

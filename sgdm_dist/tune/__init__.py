@@ -8,10 +8,11 @@ the best configuration lands in ``best.yaml``.
 
 from sgdm_dist.tune.folds import Fold, make_folds
 from sgdm_dist.tune.space import apply_params, search_space
-from sgdm_dist.tune.sweep import SweepResult, reports_per_fold, run_sweep, sweep_dir
+from sgdm_dist.tune.sweep import SweepError, SweepResult, reports_per_fold, run_sweep, sweep_dir
 
 __all__ = [
     "Fold",
+    "SweepError",
     "SweepResult",
     "apply_params",
     "make_folds",

@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 
 from sgdm_dist.config import Config
-from sgdm_dist.data.loader import make_loader, split_image_embeddings
+from sgdm_dist.data.loader import make_loader
+from sgdm_dist.data.splits import split_image_embeddings
 from sgdm_dist.metrics.retrieval import retrieval_accuracy
 from sgdm_dist.models import SGDM
 

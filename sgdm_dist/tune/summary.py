@@ -115,3 +115,23 @@ def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value)
+
+
+def trial_errors(results: Any) -> list[str]:
+    """One line per failed trial: its folder, the exception it raised, where the traceback is.
+
+    Ray wraps a trial's exception (``RayTaskError``) in a text whose last line is the original
+    ``Type: message``; the full traceback is in the trial folder's ``error.txt``.
+    """
+    out = []
+    for result in results:
+        if result.error is None:
+            continue
+        lines = [line.strip() for line in str(result.error).splitlines() if line.strip()]
+        cause = lines[-1] if lines else type(result.error).__name__
+        where = Path(result.path) / "error.txt"
+        out.append(
+            f"{Path(result.path).name}: {cause}"
+            + (f" (traceback: {where})" if where.is_file() else "")
+        )
+    return out

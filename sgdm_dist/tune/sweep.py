@@ -18,11 +18,11 @@ from sgdm_dist.config import Config, ConfigError, flatten
 from sgdm_dist.config.loader import yaml_load
 from sgdm_dist.data.io import atomic_write_text
 from sgdm_dist.data.manifest import manifest_hash, read_manifest
-from sgdm_dist.tracking import default_tracking_uri
 from sgdm_dist.tune import summary
 from sgdm_dist.tune.folds import Fold, make_folds
 from sgdm_dist.tune.space import check_space, search_space
 from sgdm_dist.tune.tracking import SweepRun
+from sgdm_dist.utils.tracking import default_tracking_uri
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +34,10 @@ SUMMARY = "summary.csv"
 SWEEP_SECTIONS = ("experiment", "data", "model", "train", "tune")
 # A multi-worker trial's own process only waits on its TorchTrainer; its workers hold the CPUs.
 DRIVER_CPUS = 0.1
+
+
+class SweepError(RuntimeError):
+    """A sweep that produced no score; the message names each failed trial and its error."""
 
 
 @dataclass
@@ -73,38 +77,14 @@ def run_sweep(
     path = sweep_dir(cfg)
     restoring = _check_resume(cfg, path, resume)
 
-    from ray import tune
-
     space = search_space(cfg)
     started_ray = _init_ray(cfg, address)
     parent: SweepRun | None = None
     status = "FAILED"
     try:
         if cfg.experiment.tracking:
-            uri = default_tracking_uri(
-                cfg.experiment.tracking_uri, cfg.experiment.output_dir, env_tracking_uri
-            )
-            parent = SweepRun.start(
-                uri,
-                cfg.experiment.name,
-                path,
-                path.name,
-                {"data.manifest_sha256": manifest_hash(cfg.data.shard_dir)},
-            )
-            parent.log_params(_sweep_params(cfg, folds))
-        trainable = _trainable(cfg, folds, path)
-        if restoring:
-            log.info("resuming the sweep in %s", path)
-            tuner = tune.Tuner.restore(
-                str(path), trainable=trainable, resume_unfinished=True, resume_errored=True
-            )
-        else:
-            tuner = tune.Tuner(
-                trainable,
-                param_space=space,
-                tune_config=_tune_config(cfg, folds),
-                run_config=_run_config(cfg, path, parent),
-            )
+            parent = _start_parent_run(cfg, path, folds, env_tracking_uri)
+        tuner = _tuner(cfg, folds, path, parent, space, restoring)
         results = tuner.fit()
         result = _summarise(cfg, results, folds, path, parent)
         status = "FINISHED"
@@ -167,6 +147,49 @@ def _check_resume(cfg: Config, path: Path, resume: bool) -> bool:
         log.info("--resume: %s has no Ray Tune state yet, starting the sweep", path)
         return False
     return True
+
+
+def _start_parent_run(
+    cfg: Config, path: Path, folds: list[Fold], env_tracking_uri: str | None
+) -> SweepRun:
+    """The sweep's MLflow parent run, tagged with the data manifest, with the sweep's params."""
+    uri = default_tracking_uri(
+        cfg.experiment.tracking_uri, cfg.experiment.output_dir, env_tracking_uri
+    )
+    parent = SweepRun.start(
+        uri,
+        cfg.experiment.name,
+        path,
+        path.name,
+        {"data.manifest_sha256": manifest_hash(cfg.data.shard_dir)},
+    )
+    parent.log_params(_sweep_params(cfg, folds))
+    return parent
+
+
+def _tuner(
+    cfg: Config,
+    folds: list[Fold],
+    path: Path,
+    parent: SweepRun | None,
+    space: dict[str, Any],
+    restoring: bool,
+) -> Any:
+    """A Tuner restored from ``path`` (unfinished and errored trials resume), or a new one."""
+    from ray import tune
+
+    trainable = _trainable(cfg, folds, path)
+    if restoring:
+        log.info("resuming the sweep in %s", path)
+        return tune.Tuner.restore(
+            str(path), trainable=trainable, resume_unfinished=True, resume_errored=True
+        )
+    return tune.Tuner(
+        trainable,
+        param_space=space,
+        tune_config=_tune_config(cfg, folds),
+        run_config=_run_config(cfg, path, parent),
+    )
 
 
 def _init_ray(cfg: Config, address: str | None) -> bool:
@@ -255,12 +278,15 @@ def _summarise(
 ) -> SweepResult:
     tc = cfg.tune
     rows = summary.rank(summary.trial_rows(results, tc.metric, len(folds)), tc.mode)
-    errors = [f"{Path(r.path).name}: {r.error}" for r in results if r.error is not None]
+    errors = summary.trial_errors(results)
     if errors:
         log.warning("%d trial(s) failed:\n  %s", len(errors), "\n  ".join(errors))
     scored = [r for r in rows if r.score is not None]
     if not scored:
-        raise RuntimeError(f"sweep {path}: no trial reported {tc.metric}; errors: {errors[:3]}")
+        raise SweepError(
+            f"sweep {path}: no trial reported {tc.metric} ({len(errors)} of {len(rows)} failed)"
+            + "".join(f"\n  {e}" for e in errors[:5])
+        )
     best = scored[0]
     best_path = path / BEST_CONFIG
     summary.write_best(cfg, best, best_path)

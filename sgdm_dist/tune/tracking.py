@@ -14,7 +14,7 @@ from typing import Any
 
 from sgdm_dist import __version__
 from sgdm_dist.data.io import atomic_write_text
-from sgdm_dist.tracking import experiment_id
+from sgdm_dist.utils.tracking import experiment_id
 
 log = logging.getLogger(__name__)
 

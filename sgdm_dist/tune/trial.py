@@ -25,8 +25,8 @@ from typing import Any
 
 from sgdm_dist.config import Config, validate
 from sgdm_dist.data.io import atomic_write_text
-from sgdm_dist.data.loader import select_shards
 from sgdm_dist.data.manifest import read_manifest
+from sgdm_dist.data.splits import select_shards
 from sgdm_dist.tune.folds import Fold, fold_config
 from sgdm_dist.tune.score import score_held_out
 from sgdm_dist.tune.space import apply_params
@@ -75,7 +75,7 @@ def run_trial(params: dict[str, Any], spec: TrialSpec) -> None:
             scores = _train_distributed(fold_cfg, fold)
             report(fold, fold_cfg.train.total_steps, scores, finished, final=True)
         else:
-            from sgdm_dist.train import train
+            from sgdm_dist.training.loop import train
 
             train(fold_cfg, on_eval=_FoldReporter(fold_cfg, fold, finished))
         _tidy(fold_cfg)
@@ -206,7 +206,7 @@ def _train_distributed(cfg: Config, fold: Fold) -> dict[str, float]:
 
 def _trial_threads(cfg: Config) -> None:
     """A trial (or each of its workers) computes with the CPUs Ray reserved for it."""
-    from sgdm_dist.threads import HostInfo, configure_threads
+    from sgdm_dist.utils.threads import HostInfo, configure_threads
 
     cores = max(1, int(cfg.tune.cpus_per_trial))
     configure_threads(HostInfo(cores=cores, local_processes=1), cfg.experiment.threads)
@@ -219,7 +219,7 @@ def _train_worker(loop_config: dict[str, Any]) -> None:
     """
     import torch.distributed as dist
 
-    from sgdm_dist.train import train
+    from sgdm_dist.training.loop import train
 
     cfg = validate(loop_config["config"])
     _trial_threads(cfg)

@@ -9,8 +9,8 @@ import torch
 from accelerate import Accelerator
 from torch import nn
 
-from sgdm_dist.checkpoint import TrainerState, save_checkpoint
-from sgdm_dist.ema import EMA
+from sgdm_dist.training.checkpoint import TrainerState, save_checkpoint
+from sgdm_dist.training.ema import EMA
 
 
 class Trainer:

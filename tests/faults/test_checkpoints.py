@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from faults.ckpt_support import Trainer
-from sgdm_dist.checkpoint import (
+from sgdm_dist.training.checkpoint import (
     CheckpointError,
     NonFiniteCheckpointError,
     TrainerState,
@@ -84,7 +84,7 @@ def test_resume_walks_back_past_a_truncated_and_a_damaged_checkpoint(
         prepared.append(found.step)
         return fresh.ema
 
-    with caplog.at_level(logging.WARNING, logger="sgdm_dist.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="sgdm_dist.training.checkpoint"):
         state, folder = resume_checkpoint(fresh.acc, fresh.root, "auto", None, prepare)
     assert (state.step, folder) == (1, fresh.root / "checkpoint-00000001")
     assert prepared == [1]  # never called for a checkpoint whose files failed verification
@@ -122,7 +122,7 @@ def test_unparsable_state_and_unloadable_legacy_checkpoint_are_skipped(
     optimizer.write_bytes(optimizer.read_bytes()[:100])
 
     fresh = Trainer(tmp_path / "ckpt", ema=False)
-    with caplog.at_level(logging.WARNING, logger="sgdm_dist.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="sgdm_dist.training.checkpoint"):
         state, folder = resume_checkpoint(fresh.acc, fresh.root, "auto", None)
     assert state.step == 1 and folder is not None and folder.name == "checkpoint-00000001"
     assert "checkpoint-00000003: unreadable trainer_state.json" in caplog.text
@@ -183,9 +183,9 @@ def test_full_disk_during_checkpoint_says_disk_full_and_keeps_the_previous(
 def test_full_disk_during_model_export_names_the_path_and_keeps_the_old_model(
     small_disk: Path,
 ) -> None:
-    from sgdm_dist.atomic import DiskFullError
     from sgdm_dist.config import load_config
     from sgdm_dist.models import SGDM, build_model
+    from sgdm_dist.utils.atomic import DiskFullError
 
     cfg = load_config("configs/tiny.yaml", []).model
     model = build_model(cfg, n_channels=7, n_times=40, n_subjects=3)

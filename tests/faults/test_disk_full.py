@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from sgdm_dist.checkpoint import complete_checkpoints, resolve_resume
+from sgdm_dist.training.checkpoint import complete_checkpoints, resolve_resume
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = str(REPO / "configs" / "tiny.yaml")

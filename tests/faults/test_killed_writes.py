@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from sgdm_dist.checkpoint import complete_checkpoints, resume_checkpoint
+from sgdm_dist.training.checkpoint import complete_checkpoints, resume_checkpoint
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -35,7 +35,7 @@ CHILD = textwrap.dedent(
 
     if point.startswith("checkpoint"):
         import accelerate.checkpointing as ac
-        import sgdm_dist.checkpoint as ck
+        import sgdm_dist.training.checkpoint as ck
         from faults.ckpt_support import Trainer
 
         trainer = Trainer(root)
@@ -55,7 +55,7 @@ CHILD = textwrap.dedent(
         import pathlib
         import torch
         from safetensors.torch import save_file
-        from sgdm_dist.atomic import write_dir_atomically
+        from sgdm_dist.utils.atomic import write_dir_atomically
 
         def export(version, before_config=lambda: None):
             def fill(tmp):
@@ -134,7 +134,7 @@ def test_sigkill_mid_export_keeps_the_previous_model_and_next_export_cleans_up(
 ) -> None:
     from safetensors.torch import load_file
 
-    from sgdm_dist.atomic import recover_dir
+    from sgdm_dist.utils.atomic import recover_dir
 
     kill_at(point, tmp_path)
     first = '{"version": 1}'

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 import torch
 
-from sgdm_dist.checksums import CHECKSUMS, ChecksumError
-from sgdm_dist.pyfunc_verify import TAG_CODE, VerificationError, load_verified
+from sgdm_dist.registry.verify import TAG_CODE, VerificationError, load_verified
+from sgdm_dist.utils.checksums import CHECKSUMS, ChecksumError
 
 REPO = Path(__file__).resolve().parents[2]
 NAME = "sgdm-tamper"
@@ -44,7 +44,7 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     (folder / "data_manifest.json").write_text(json.dumps({"subjects": [1, 2]}))
     tracking = f"sqlite:///{root / 'mlflow.db'}"
     version = register_model(folder, tracking_uri=tracking, name=NAME, aliases=["champion"])
-    code = next(root.rglob("mlartifacts/**/registry_pyfunc.py"))
+    code = next(root.rglob("mlartifacts/**/pyfunc_model.py"))
     yield {"tracking": tracking, "store": code.parent, "version": version}
 
 
@@ -66,7 +66,7 @@ def predict(model) -> np.ndarray:
 
 def rewrite_like_an_attacker(artifact: Path) -> None:
     """Change a weight byte and rewrite checksums.json so the folder agrees with itself."""
-    from sgdm_dist.checksums import write_checksums
+    from sgdm_dist.utils.checksums import write_checksums
 
     weights = artifact / "model.safetensors"
     data = bytearray(weights.read_bytes())
@@ -104,7 +104,7 @@ def test_edited_code_file_is_refused_before_it_runs(
     import mlflow
 
     marker = tmp_path / "code-ran"
-    code = store / "registry_pyfunc.py"
+    code = store / "pyfunc_model.py"
     code.write_text(code.read_text() + f"\nimport pathlib; pathlib.Path({str(marker)!r}).touch()\n")
     with pytest.raises(VerificationError, match="the code MLflow would execute was modified"):
         load_verified(URI, tracking_uri=registry["tracking"])

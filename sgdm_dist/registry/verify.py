@@ -5,14 +5,14 @@ and what catches it:
 
 - the weights, configs, VAE, ``checksums.json``: the sha256 of ``checksums.json`` must be one the
   registry recorded on the model version (tag ``sgdm.files_sha256``), and every file must match it;
-- the code file ``registry_pyfunc.py`` (MLflow *executes* it at load): its sha256 must equal the
+- the code file ``pyfunc_model.py`` (MLflow *executes* it at load): its sha256 must equal the
   version's ``sgdm.code_sha256`` tag (older versions without it: the installed package's copy);
 - ``MLmodel``: loader module, code file name and artifact path must be the ones ``sgdm register``
   writes, with no ``code`` paths (MLflow would put them on ``sys.path``) and no other files.
 
 :func:`load_verified` does all of that with this package's code *before* calling
 ``mlflow.pyfunc.load_model`` on the checked copy. A bare ``mlflow.pyfunc.load_model(uri)`` can only
-run the artifact store's own ``registry_pyfunc.py``, whose ``load_context`` checks the data files
+run the artifact store's own ``pyfunc_model.py``, whose ``load_context`` checks the data files
 (:func:`anchored_digest`) but cannot vouch for itself: see docs/registry.md.
 """
 
@@ -27,13 +27,13 @@ from typing import Any
 
 import yaml
 
-from sgdm_dist.checksums import CHECKSUMS, ChecksumError, sha256_file, verify_folder
+from sgdm_dist.utils.checksums import CHECKSUMS, ChecksumError, sha256_file, verify_folder
 
 log = logging.getLogger(__name__)
 
 TAG_FILES = "sgdm.files_sha256"  # the same tag registry.py writes at registration
 TAG_CODE = "sgdm.code_sha256"
-CODE_FILE = Path(__file__).with_name("registry_pyfunc.py")
+CODE_FILE = Path(__file__).with_name("pyfunc_model.py")
 ARTIFACT_KEY = "sgdm"
 CALLER_DIGEST_KEY = "files_sha256"  # model_config key a caller may pass to anchor the check
 LOADER_MODULE = "mlflow.pyfunc.loaders.code_model"  # what MLflow writes for a model from code
@@ -222,5 +222,5 @@ def describe(digest: str | None) -> str:
         return f"verified against the registry's {TAG_FILES} {digest[:12]}…"
     return (
         f"verified against its own {CHECKSUMS} only: no registered version records its sha256 "
-        "(use sgdm_dist.pyfunc_verify.load_verified, or model_config={'files_sha256': …})"
+        "(use sgdm_dist.registry.verify.load_verified, or model_config={'files_sha256': …})"
     )

@@ -25,9 +25,9 @@ from diffusers.optimization import get_scheduler
 from torch import nn
 
 from sgdm_dist.config import Config
-from sgdm_dist.distributed import is_zero3, register_zero3_external_params
 from sgdm_dist.models import SGDM, build_model
-from sgdm_dist.scaleout import to_channels_last
+from sgdm_dist.training.distributed import is_zero3, register_zero3_external_params
+from sgdm_dist.training.scaleout import to_channels_last
 
 Group = Literal["align", "full"]
 # The SGDM's modules that only the diffusion loss uses; every other module trains in both stages.

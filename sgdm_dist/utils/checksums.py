@@ -2,7 +2,7 @@
 
 Shared by the registry (``sgdm register`` / ``sgdm pull``), the MLflow pyfunc loader and the
 checkpoint writer, so every reader verifies the same list the same way. It imports nothing of the
-package, which keeps ``registry`` and ``registry_pyfunc`` free of an import circle.
+package, which keeps ``registry`` and ``pyfunc_model`` free of an import circle.
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ from accelerate.utils import (
 )
 
 from sgdm_dist.config import Config
-from sgdm_dist.scaleout import dynamo_backend, set_tf32, tune_deepspeed_config
+from sgdm_dist.training.scaleout import dynamo_backend, set_tf32, tune_deepspeed_config
 
 
 class DistributedSetupError(RuntimeError):
@@ -54,7 +54,7 @@ def make_accelerator(cfg: Config, request: LaunchRequest) -> Accelerator:
     """One Accelerator for every strategy; the strategy itself comes from the accelerate config file."""
     on_cpu = not torch.cuda.is_available()
     # Every parameter of the prepared model takes part in every step: the alignment stage prepares
-    # only the modules it trains (sgdm_dist/stages.py), so DDP needs no unused-parameter search.
+    # only the modules it trains (sgdm_dist/training/stages.py), so DDP needs no unused-parameter search.
     handlers: list = [DistributedDataParallelKwargs(find_unused_parameters=False)]
     if request.world_size > 1:
         # Creating the group ourselves (gloo on CPU) is what makes DeepSpeed count every process.

@@ -35,9 +35,9 @@ import torch
 from accelerate import Accelerator
 from safetensors.torch import load_file, save_file
 
-from sgdm_dist.atomic import free_space, is_disk_full
-from sgdm_dist.checksums import sha256_file
-from sgdm_dist.ema import EMA
+from sgdm_dist.training.ema import EMA
+from sgdm_dist.utils.atomic import free_space, is_disk_full
+from sgdm_dist.utils.checksums import sha256_file
 
 log = logging.getLogger(__name__)
 

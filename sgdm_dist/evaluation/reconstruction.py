@@ -23,7 +23,7 @@ from torch import Tensor
 from sgdm_dist.metrics.baselines import condition_sensitivity, derangement, summarise
 from sgdm_dist.metrics.suite import RANDOM_INIT_SUFFIX, per_image_metrics
 from sgdm_dist.models import SGDM
-from sgdm_dist.reconstruct import SamplingOptions, sample_images
+from sgdm_dist.reconstruct.sampling import SamplingOptions, sample_images
 
 MODEL, FLOOR, CEILING = "model", "floor", "ceiling"
 MEAN_ROW = "mean"

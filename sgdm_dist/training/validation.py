@@ -13,10 +13,11 @@ import torch
 
 from sgdm_dist.config import Config
 from sgdm_dist.data.features import load_vae
-from sgdm_dist.data.loader import make_loader, split_image_embeddings
+from sgdm_dist.data.loader import make_loader
+from sgdm_dist.data.splits import split_image_embeddings
 from sgdm_dist.metrics.retrieval import retrieval_accuracy
 from sgdm_dist.models import SGDM
-from sgdm_dist.report import save_image_grid
+from sgdm_dist.utils.grids import save_image_grid
 
 VAL_SPLIT = "val"
 

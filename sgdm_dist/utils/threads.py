@@ -12,7 +12,7 @@ wait for descheduled threads, and a 2-thread step ran 20-40x slower than a 1-thr
 The environment is read once, by the command-line layer (:meth:`HostInfo.from_env`); the rest
 takes plain numbers.
 
-    python -m sgdm_dist.threads [--threads N]   # prints what this process would use, as JSON
+    python -m sgdm_dist.utils.threads [--threads N]   # prints what this process would use, as JSON
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ from accelerate.utils import DistributedType
 from sgdm_dist import __version__
 from sgdm_dist.config import Config
 from sgdm_dist.data.manifest import Manifest, manifest_hash
-from sgdm_dist.tracking import Tracker, default_tracking_uri
+from sgdm_dist.utils.tracking import Tracker, default_tracking_uri
 
 
 def grad_norm_value(accelerator: Accelerator, grad_norm: Any) -> float | None:

@@ -9,12 +9,12 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedType
 
-from sgdm_dist.checkpoint import TrainerState
-from sgdm_dist.collective import global_batch
 from sgdm_dist.config import Config
 from sgdm_dist.data.loader import make_loader
-from sgdm_dist.distributed import input_dtype, to_device
-from sgdm_dist.train_guard import StepGuard
+from sgdm_dist.training.checkpoint import TrainerState
+from sgdm_dist.training.distributed import input_dtype, to_device
+from sgdm_dist.training.guard import StepGuard
+from sgdm_dist.utils.collective import global_batch
 
 
 def train_step(

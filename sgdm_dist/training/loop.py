@@ -2,8 +2,8 @@
 
 Reads top to bottom: :func:`train` = set up → resume → loop → finish. Each optimiser step: forward,
 backward, clip, step, EMA; at a cadence the ranks agree on the stop signal and finite losses
-(sgdm_dist/train_guard.py), then log, validate, checkpoint. The alignment stage trains its own
-engine; the diffusion stage rebuilds it around the whole model (sgdm_dist/stages.py). Strategy,
+(sgdm_dist/training/guard.py), then log, validate, checkpoint. The alignment stage trains its own
+engine; the diffusion stage rebuilds it around the whole model (sgdm_dist/training/stages.py). Strategy,
 precision and process count come from the accelerate config the job was launched with
 (``configs/accelerate/*.yaml``, ``launch/train.sh``).
 """
@@ -21,26 +21,33 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
-from sgdm_dist.atomic import atomic_write
-from sgdm_dist.checkpoint import (
+from sgdm_dist.config import Config
+from sgdm_dist.data.manifest import Manifest, manifest_json, read_manifest
+from sgdm_dist.models import SGDM, build_model
+from sgdm_dist.training.checkpoint import (
     CheckpointError,
     TrainerState,
     complete_checkpoints,
     resume_checkpoint,
     save_checkpoint,
 )
-from sgdm_dist.config import Config
-from sgdm_dist.data.manifest import Manifest, manifest_json, read_manifest
-from sgdm_dist.distributed import (
+from sgdm_dist.training.distributed import (
     LaunchRequest,
     check_replicas,
     make_accelerator,
     micro_batch_seed,
 )
-from sgdm_dist.ema import EMA
-from sgdm_dist.models import SGDM, build_model
-from sgdm_dist.selection import Selection, resolve_epochs
-from sgdm_dist.stages import (
+from sgdm_dist.training.ema import EMA
+from sgdm_dist.training.guard import NonFiniteLossError, StepGuard, StopSignal
+from sgdm_dist.training.reporting import (
+    MetricsFile,
+    Throughput,
+    grad_norm_value,
+    reduce_terms,
+    start_tracking,
+)
+from sgdm_dist.training.selection import Selection, resolve_epochs
+from sgdm_dist.training.stages import (
     Engine,
     Group,
     build_engine,
@@ -48,17 +55,10 @@ from sgdm_dist.stages import (
     group_of,
     switch_engine,
 )
-from sgdm_dist.step import epoch_batches, train_step
-from sgdm_dist.tracking import Tracker
-from sgdm_dist.train_guard import NonFiniteLossError, StepGuard, StopSignal
-from sgdm_dist.train_log import (
-    MetricsFile,
-    Throughput,
-    grad_norm_value,
-    reduce_terms,
-    start_tracking,
-)
-from sgdm_dist.validation import final_grid, validate_retrieval
+from sgdm_dist.training.step import epoch_batches, train_step
+from sgdm_dist.training.validation import final_grid, validate_retrieval
+from sgdm_dist.utils.atomic import atomic_write
+from sgdm_dist.utils.tracking import Tracker
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +101,9 @@ class _Run:
     progress: Any = None
     on_eval: EvalHook | None = None
     last_metrics: dict[str, float] = field(default_factory=dict)
-    selection: Selection | None = None  # best weights / early stopping (sgdm_dist/selection.py)
+    selection: Selection | None = (
+        None  # best weights / early stopping (sgdm_dist/training/selection.py)
+    )
 
     @property
     def ckpt_root(self) -> Path:
@@ -189,7 +191,7 @@ def _setup(cfg: Config, request: LaunchRequest, on_eval: EvalHook | None) -> _Ru
 
 
 def _new_ema(run: _Run) -> EMA | None:
-    """EMA of the engine's weights (sharded like them; sgdm_dist/ema.py)."""
+    """EMA of the engine's weights (sharded like them; sgdm_dist/training/ema.py)."""
     if run.cfg.train.ema_decay is None:
         return None
     unwrapped = run.accelerator.unwrap_model(run.engine.model)

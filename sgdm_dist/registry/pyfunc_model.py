@@ -4,8 +4,8 @@ MLflow stores this file with the model and runs it at load time; ``set_model`` a
 MLflow which object is the model. The weights, configs and VAE travel as one artifact folder
 (``context.artifacts["sgdm"]``, the layout of ``{output_dir}/model/`` plus ``vae/``), verified
 against its ``checksums.json`` before anything is loaded, and that list against the sha256 the
-registry recorded (:mod:`sgdm_dist.pyfunc_verify`; this file itself can only be vouched for by
-``pyfunc_verify.load_verified``, which checks it before MLflow runs it).
+registry recorded (:mod:`sgdm_dist.registry.verify`; this file itself can only be vouched for by
+``registry.verify.load_verified``, which checks it before MLflow runs it).
 
 ``predict`` input: ``{"eeg": float32 [B, C, T], "subject": int64 [B]}`` (a dict of arrays, or a
 DataFrame with those columns); subject ids are 1-based and ids the model was not trained on fall
@@ -41,9 +41,9 @@ class SGDMPyfunc(PythonModel):
     def load_context(self, context: Any) -> None:
         import torch
 
-        from sgdm_dist.checksums import verify_folder
         from sgdm_dist.models import SGDM
-        from sgdm_dist.pyfunc_verify import anchored_digest, describe
+        from sgdm_dist.registry.verify import anchored_digest, describe
+        from sgdm_dist.utils.checksums import verify_folder
 
         root = Path(context.artifacts[ARTIFACT_KEY])
         config = getattr(context, "model_config", None) or {}
