@@ -24,16 +24,6 @@ def rank_from_env(environ: Mapping[str, str] | None = None) -> int:
         return 0
 
 
-class _RankFilter(logging.Filter):
-    def __init__(self, rank: int) -> None:
-        super().__init__()
-        self.rank = rank
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        record.rank = self.rank
-        return True
-
-
 # Libraries whose INFO lines drown the CLI's own output; their warnings and errors still show.
 QUIET_LOGGERS: tuple[str, ...] = (
     "mlflow",
