@@ -4,7 +4,8 @@ Synthetic THINGS-format datasets of three generative families (``data.synthetic.
 latency, nonlinear — they differ in which image factors drive the response and how, in latencies and
 waveforms, in how subjects differ and in noise, SNR and repetitions), each at two sizes, 3 subjects,
 disjoint train/test concepts, are written as raw files and put through ``sgdm prepare`` (the real path).
-Every method is then trained in this process (one thread) and scored on the test split by k-way
+Every method is then trained (each job in a worker process of its own: as many workers as usable
+cores, one thread each) and scored on the test split by k-way
 retrieval in the space it was trained in (``sgdm_dist.baselines.scoring``): top-1/top-5 ± s.e.,
 single trials and repetitions averaged, intra-subject and leave-one-subject-out (held-out subject
 decoded through the subject-agnostic path). Model selection uses the validation split, which is carved
@@ -20,10 +21,12 @@ datasets).
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import subprocess
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,12 +36,14 @@ os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from sgdm_dist.baselines.arrays import SplitArrays, load_split
 from sgdm_dist.baselines.model_space import centred_candidates, predict_centred
 from sgdm_dist.baselines.ridge import RidgeDecoder
 from sgdm_dist.baselines.scoring import score_decoder
 from sgdm_dist.config import Config, load_config
+from sgdm_dist.utils.threads import usable_cores
 
 ROOT = Path(__file__).resolve().parent.parent
 BASE = ROOT / "configs" / "tiny.yaml"  # data and model sizes; methods add their recipe below
@@ -181,38 +186,71 @@ METHODS: dict[str, list[str]] = {
 }
 
 
-def run_dataset(ds: Dataset, methods: list[str], loso_folds: list[int]) -> list[dict]:
-    """Every method intra-subject (one model, 3 subjects) and leave-one-subject-out."""
-    cfg = ds.config()
+@dataclass(frozen=True)
+class Job:
+    """One row of the table: ``method`` on ``ds``, intra-subject or with subject ``held`` left out."""
+
+    ds: Dataset
+    method: str
+    held: int | None = None  # None: intra-subject
+
+    @property
+    def setting(self) -> str:
+        return "intra" if self.held is None else f"loso-{self.held}"
+
+
+def run_job(job: Job) -> dict:
+    """Train (or fit) and score one job; runs in a worker process of its own."""
+    t0 = time.perf_counter()
+    cfg = job.ds.config()
     train, test = load_split(cfg, "train"), load_split(cfg, "test")
     subjects = sorted(set(train.subject.tolist()))
-    rows = []
 
     def subset(a: SplitArrays, keep: np.ndarray) -> SplitArrays:
         return SplitArrays(a.eeg[keep], a.subject[keep], a.image_index[keep], a.image_ids, a.clip)
 
-    for method in methods:
-        t0 = time.perf_counter()
-        if method == "ridge":  # one ridge per subject, as the encoders' published baselines
-            per = [
-                ridge_scores(subset(train, train.subject == s), test, np.array([s]))
-                for s in subjects
-            ]
-            intra = {m: _pool([p[m] for p in per]) for m in ("single", "averaged")}
-        else:
-            model = train_model(ds, METHODS[method], method, None)
-            intra = model_scores(model, test, np.array(subjects), unseen=False)
-        rows.append(_row(ds, method, "intra", intra, time.perf_counter() - t0))
-        for held in loso_folds:
-            t0 = time.perf_counter()
-            rest = [s for s in subjects if s != held]
-            if method == "ridge":
-                loso = ridge_scores(subset(train, train.subject != held), test, np.array([held]))
-            else:
-                model = train_model(ds, METHODS[method], f"{method}-loso{held}", rest)
-                loso = model_scores(model, test, np.array([held]), unseen=True)
-            rows.append(_row(ds, method, f"loso-{held}", loso, time.perf_counter() - t0))
-    return rows
+    held = job.held
+    if job.method == "ridge" and held is None:  # one ridge per subject, as the papers' baselines
+        per = [
+            ridge_scores(subset(train, train.subject == s), test, np.array([s])) for s in subjects
+        ]
+        scores = {m: _pool([p[m] for p in per]) for m in ("single", "averaged")}
+    elif job.method == "ridge":
+        scores = ridge_scores(subset(train, train.subject != held), test, np.array([held]))
+    elif held is None:
+        model = train_model(job.ds, METHODS[job.method], job.method, None)
+        scores = model_scores(model, test, np.array(subjects), unseen=False)
+    else:
+        rest = [s for s in subjects if s != held]
+        model = train_model(job.ds, METHODS[job.method], f"{job.method}-loso{held}", rest)
+        scores = model_scores(model, test, np.array([held]), unseen=True)
+    return _row(job.ds, job.method, job.setting, scores, time.perf_counter() - t0)
+
+
+def _worker_init(threads: int) -> None:
+    """Each worker takes its share of the cores (one thread when there are as many jobs as cores)."""
+    import logging
+
+    torch.set_num_threads(threads)
+    logging.disable(logging.WARNING)
+    os.environ["TQDM_DISABLE"] = "1"
+
+
+def run_jobs(jobs: list[Job], workers: int) -> list[dict]:
+    """All jobs on ``workers`` processes (spawned: forking a process that holds torch threads can
+    hang); rows come back in ``jobs``' order, each printed to stderr as it finishes."""
+    threads = max(1, usable_cores() // workers)
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(
+        workers, context, initializer=_worker_init, initargs=(threads,)
+    ) as pool:
+        order = sorted(range(len(jobs)), key=lambda i: -_cost(jobs[i]))
+        futures = {i: pool.submit(run_job, jobs[i]) for i in order}
+        for done in tqdm(
+            as_completed(futures.values()), total=len(jobs), desc="decoding", unit="job"
+        ):
+            print(_fmt(done.result()), file=sys.stderr, flush=True)
+        return [futures[i].result() for i in range(len(jobs))]
 
 
 def _pool(parts: list[dict[str, float]]) -> dict[str, float]:
@@ -230,7 +268,6 @@ def _row(ds: Dataset, method: str, setting: str, scores: dict, seconds: float) -
     for mode in ("single", "averaged"):
         for k, v in scores[mode].items():
             row[f"{mode}_{k}"] = v
-    print(_fmt(row), flush=True)
     return row
 
 
@@ -253,6 +290,50 @@ def _fmt(r: dict) -> str:
     )
 
 
+def plan(args: argparse.Namespace, workers: int) -> list[Job]:
+    """Datasets prepared (``workers`` at a time, before any job starts) and every job to run on them,
+    in the table's order: dataset, method as asked, intra-subject before the LOSO folds."""
+    sizes = args.sizes or (["small"] if args.quick else ["small", "large"])
+    methods = args.methods or (["ridge", "default"] if args.quick else ["ridge", *METHODS])
+    folds = [3] if args.quick else [1, 2, 3]
+    wanted = [(family, size) for size in sizes for family in args.families]
+    with ThreadPoolExecutor(workers) as pool:  # each `sgdm prepare` is a process of one thread
+        made = pool.map(lambda fs: make_dataset(*fs, args.work.resolve(), args.seed), wanted)
+        datasets = list(made)
+    return [
+        job
+        for ds in datasets
+        for method in methods
+        for job in (Job(ds, method), *(Job(ds, method, k) for k in folds))
+    ]
+
+
+def _cost(job: Job) -> int:
+    """Rough relative run time, to submit the slowest first so the workers finish together."""
+    if job.method == "ridge":
+        return 0  # seconds
+    size = 10 if job.ds.size == "large" else 1  # epochs are fixed: time grows with the data
+    return size * (3 if job.held is None else 2)  # intra trains on 3 subjects, LOSO on 2
+
+
+def summary(rows: list[dict]) -> list[str]:
+    """The two last lines: default's LOSO top-1 over chance and default/ridge, minima over datasets."""
+    intra = {(r["dataset"], r["method"]): r for r in rows if r["setting"] == "intra"}
+    ratios = [
+        r["single_top1"] / max(intra[(d, "ridge")]["single_top1"], 1e-9)
+        for (d, m), r in intra.items()
+        if m == "default" and (d, "ridge") in intra
+    ]
+    loso = [
+        r["single_top1"] / r["single_chance_top1"]
+        for r in rows
+        if r["method"] == "default" and r["setting"].startswith("loso")
+    ]
+    lines = [f"decoding: default LOSO top-1 / chance min={min(loso):.2f}"] if loso else []
+    ratio = min(ratios) if ratios else float("nan")
+    return [*lines, f"decoding: default/ridge top-1 ratio min={ratio:.2f}"]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, 2 methods, 1 LOSO fold")
@@ -261,40 +342,14 @@ def main() -> int:
     parser.add_argument("--families", nargs="*", default=list(FAMILIES))
     parser.add_argument("--sizes", nargs="*", default=None)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--jobs", type=int, default=None, help="worker processes; default: cores")
     args = parser.parse_args()
-    torch.set_num_threads(1)
-    import logging
-
-    logging.disable(logging.WARNING)
-    os.environ["TQDM_DISABLE"] = "1"
-    sizes = args.sizes or (["small"] if args.quick else ["small", "large"])
-    methods = args.methods or (["ridge", "default"] if args.quick else ["ridge", *METHODS])
-    folds = [3] if args.quick else [1, 2, 3]
-    print(HEADER, flush=True)
-    rows = []
-    for size in sizes:
-        for family in args.families:
-            ds = make_dataset(family, size, args.work.resolve(), args.seed)
-            rows += run_dataset(ds, methods, folds)
-    ratios = []
-    for r in rows:
-        if r["method"] == "default" and r["setting"] == "intra":
-            ridge = next(
-                x
-                for x in rows
-                if x["dataset"] == r["dataset"]
-                and x["method"] == "ridge"
-                and x["setting"] == "intra"
-            )
-            ratios.append(r["single_top1"] / max(ridge["single_top1"], 1e-9))
-    loso = [
-        r["single_top1"] / r["single_chance_top1"]
-        for r in rows
-        if r["method"] == "default" and r["setting"].startswith("loso")
-    ]
-    if loso:
-        print(f"decoding: default LOSO top-1 / chance min={min(loso):.2f}")
-    print(f"decoding: default/ridge top-1 ratio min={min(ratios) if ratios else float('nan'):.2f}")
+    workers = args.jobs or usable_cores()
+    jobs = plan(args, workers)
+    rows = run_jobs(jobs, workers)
+    print(HEADER)
+    print("\n".join(_fmt(r) for r in rows))
+    print("\n".join(summary(rows)))
     return 0
 
 

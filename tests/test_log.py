@@ -48,6 +48,28 @@ def test_third_party_info_hidden_by_default_shown_with_verbose(
     assert "mlflow-info-line" in err and "sgdm-info-line" in err
 
 
+def test_library_logging_through_the_root_logger_is_quiet_unless_verbose(
+    restore_logging: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """open_clip calls ``logging.info(...)`` (the root logger) when it loads a model."""
+    from open_clip import factory
+
+    def root_lines() -> str:  # a root-logger record whose caller is open_clip's own file
+        for level, text in ((logging.INFO, "clip-info-line"), (logging.WARNING, "clip-warn-line")):
+            record = logging.getLogger().makeRecord(
+                "root", level, factory.__file__, 1, text, (), None
+            )
+            logging.getLogger().handle(record)
+        logging.info("our-root-info-line")  # this test file: not a quiet library
+        return capsys.readouterr().err
+
+    setup_logging()
+    err = root_lines()
+    assert "clip-info-line" not in err and "clip-warn-line" in err and "our-root-info-line" in err
+    setup_logging(verbose=True)
+    assert "clip-info-line" in root_lines()
+
+
 def test_library_resetting_its_level_on_import_stays_quiet(
     restore_logging: None, capsys: pytest.CaptureFixture[str]
 ) -> None:

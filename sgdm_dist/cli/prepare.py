@@ -27,8 +27,10 @@ def prepare(
     from sgdm_dist.data.prepare import local_out_dir, summary_rows
     from sgdm_dist.data.prepare import prepare as run_prepare
     from sgdm_dist.utils.atomic import DiskFullError
+    from sgdm_dist.utils.threads import HostInfo, configure_threads
 
     cfg = resolve(config, overrides)
+    configure_threads(HostInfo.from_env(), cfg.experiment.threads)  # features: its share of cores
     console = Console()
     try:
         manifest = run_prepare(cfg, synthetic=synthetic, overwrite=overwrite)

@@ -54,6 +54,9 @@ class EMA:
     def _bind(self, model: nn.Module, full: dict[str, torch.Tensor]) -> None:
         """Lay the shadow out like ``model``'s parameters; start from ``full`` where it has a name."""
         params = list(_float_params(model))
+        # Listed once: walking named_parameters() every step costs more than the lerp on a small
+        # model. Bound to this module until track() rebinds it.
+        self._model, self._params = model, params
         self.zero3 = {n: _zero3_shard(p) for n, p in params if hasattr(p, "ds_tensor")}
         self.sharded = bool(self.zero3) or any(isinstance(p, DTensor) for _, p in params)
         self.keep = self.main or self.sharded  # under sharding every rank holds its part
@@ -82,10 +85,10 @@ class EMA:
     def update(self, model: nn.Module) -> None:
         """Blend the current weights in; call after every optimiser step, on every rank."""
         if self.keep:
+            params = self._params if model is self._model else _float_params(model)
+            # Only what trains now: frozen parameters (the UNet while aligning) keep their shadow.
             pairs = [
-                (_local(self.shadow[n]), _local(_held(p)))
-                for n, p in _float_params(model)
-                if p.requires_grad
+                (_local(self.shadow[n]), _local(_held(p))) for n, p in params if p.requires_grad
             ]
             for start in range(0, len(pairs), CHUNK):
                 chunk = pairs[start : start + CHUNK]

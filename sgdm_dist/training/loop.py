@@ -194,8 +194,7 @@ def _new_ema(run: _Run) -> EMA | None:
     """EMA of the engine's weights (sharded like them; sgdm_dist/training/ema.py)."""
     if run.cfg.train.ema_decay is None:
         return None
-    unwrapped = run.accelerator.unwrap_model(run.engine.model)
-    return EMA(unwrapped, run.cfg.train.ema_decay, keep=run.accelerator.is_main_process)
+    return EMA(run.engine.unwrapped, run.cfg.train.ema_decay, keep=run.accelerator.is_main_process)
 
 
 def _resume(run: _Run, resume: str | None) -> None:
@@ -234,7 +233,7 @@ def _switch_to(run: _Run, group: Group, step: int) -> None:
         return
     run.engine = switch_engine(run.accelerator, run.cfg, run.engine, group, step)
     if run.ema is not None:  # shadows carry over by name; new parameters start from their weights
-        run.ema.track(run.accelerator.unwrap_model(run.engine.model))
+        run.ema.track(run.engine.unwrapped)
 
 
 def _loop(run: _Run) -> None:
@@ -286,7 +285,7 @@ def _after_step(
     run.engine.scheduler.step()
     state.step += 1
     if run.ema is not None:
-        run.ema.update(run.accelerator.unwrap_model(run.engine.model))
+        run.ema.update(run.engine.unwrapped)
     run.progress.update(1)
     last = state.step == cfg.train.total_steps
     log_now = state.step % cfg.train.log_every == 0 or last

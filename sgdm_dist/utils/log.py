@@ -84,6 +84,20 @@ class _OnceFilter(logging.Filter):
         return True
 
 
+class _LibraryRootFilter(logging.Filter):
+    """Hide INFO a quiet library writes through the *root* logger (open_clip calls
+    ``logging.info(...)``, so no named logger can be clamped): matched by the calling file's package."""
+
+    def __init__(self, names: tuple[str, ...] = QUIET_LOGGERS) -> None:
+        super().__init__()
+        self.folders = tuple(f"{os.sep}{name}{os.sep}" for name in names)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name != "root" or record.levelno >= logging.WARNING:
+            return True
+        return not any(folder in record.pathname for folder in self.folders)
+
+
 def _clamped_set_level(logger: logging.Logger, level: int | str) -> None:
     level = logging._checkLevel(level)  # type: ignore[attr-defined]
     logging.Logger.setLevel(logger, max(level, logging.WARNING))
@@ -123,6 +137,8 @@ def setup_logging(
     handler.setFormatter(logging.Formatter(FORMAT, DATEFMT))
     handler.addFilter(_RankFilter(rank))
     handler.addFilter(_OnceFilter())
+    if not verbose:
+        handler.addFilter(_LibraryRootFilter())
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
