@@ -223,20 +223,26 @@ def _tail(result: subprocess.CompletedProcess[str], n: int = 4000) -> str:
 
 
 @pytest.fixture(scope="module")
-def seed(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """configs/, launch/, bench/ and the tiny dataset as `sgdm prepare ... --synthetic` writes it."""
+def seed(tiny_shards: list[str], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """configs/, launch/, bench/ and the tiny dataset as `sgdm prepare ... --synthetic` writes it.
+
+    The dataset is the session's (conftest.py's ``tiny_shards``: the same command, with its paths
+    pointed elsewhere), copied into ``outputs/tiny/`` rather than prepared a second time.
+    """
     root = tmp_path_factory.mktemp("docs-seed")
     for name in SEED_DIRS:
         if (REPO / name).is_dir():
             shutil.copytree(REPO / name, root / name, symlinks=True)
     (root / "home").mkdir()
-    result = _run(
-        [str(BIN / "sgdm"), "prepare", "configs/tiny.yaml", "--synthetic"],
-        root,
-        docs_env(root / "home"),
-        timeout=BLOCK_TIMEOUT_S,
-    )
-    assert result.returncode == 0, _tail(result)
+    data = {k: Path(v) for k, v in (o.split("=", 1) for o in tiny_shards)}
+    tiny = root / "outputs" / "tiny"  # configs/tiny.yaml's data paths, relative to the root
+    for key, name in (
+        ("data.raw_dir", "raw"),
+        ("data.cache_dir", "cache"),
+        ("data.shard_dir", "shards"),
+    ):
+        shutil.copytree(data[key], tiny / name, symlinks=True)
+    assert data["data.image_dir"] == data["data.raw_dir"] / "images"  # as in configs/tiny.yaml
     return root
 
 

@@ -1,9 +1,13 @@
-"""Bad input, as users meet it: the real `sgdm` console script on corrupted shards, raw recordings,
-configs and weight paths. Each case must end with a one-line error that names the culprit, a
-non-zero exit, no traceback, and nothing half-written that looks complete."""
+"""Bad input, as users meet it: corrupted shards, raw recordings, configs and weight paths. Each case
+must end with a one-line error that names the culprit and nothing half-written that looks complete.
+
+Most cases call the function `sgdm` calls (``load_config``, ``prepare``, ``train``) in this process
+and check the error's type (one the CLI reports as bad input) and message. A few run the real
+`sgdm` console script end to end: exit code 2, no traceback, the same message printed last."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import shutil
 import subprocess
@@ -14,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sgdm_dist.config import load_config
+from sgdm_dist.config import ConfigError, load_config
+from sgdm_dist.data import DataError
 from sgdm_dist.data.loader import shard_order
 from sgdm_dist.data.manifest import read_manifest
 from sgdm_dist.data.shards import load_npy, npy_bytes
@@ -30,12 +35,18 @@ SHORT_RUN = [
     "experiment.tracking=false",
 ]
 BAD_INPUT = 2  # sgdm's exit code for bad input/usage (sgdm_dist.cli.common.EXIT_BAD_INPUT)
+CLI, CALL = "cli", "call"  # how a case runs: a real `sgdm` process, or the function it calls
 
 
 def sgdm(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [str(SGDM), *map(str, args)], capture_output=True, text=True, timeout=300, cwd=cwd
     )
+
+
+def assert_names(message: str, *culprits: str) -> None:
+    for culprit in culprits:
+        assert culprit in message, f"{culprit!r} not in: {message}"
 
 
 def assert_clean_failure(
@@ -49,8 +60,38 @@ def assert_clean_failure(
     at = result.stderr.rfind("error: ")
     assert at >= 0, result.stderr[-3000:]
     message = result.stderr[at:]
-    for culprit in culprits:
-        assert culprit in message, f"{culprit!r} not in: {message}"
+    assert_names(message, *culprits)
+    return message
+
+
+def call_fails(command: str, overrides: list[str], error: type[Exception], cwd: Path) -> str:
+    """``sgdm COMMAND configs/tiny.yaml OVERRIDES`` as the function the CLI calls, run from ``cwd``.
+
+    It must raise ``error``: a DataError or ConfigError, which `sgdm` prints as the one line
+    "error: MESSAGE" with exit code 2 (anything else would be a traceback). Returns that line."""
+    from sgdm_dist.data.prepare import prepare
+    from sgdm_dist.training.loop import train as run_training
+
+    with contextlib.chdir(cwd):  # relative config paths resolve against the CLI's folder
+        cfg = load_config(TINY, overrides)
+        with pytest.raises(error) as raised:
+            {"prepare": prepare, "train": run_training}[command](cfg)
+    return f"error: {raised.value}"
+
+
+def fails(
+    via: str,
+    command: str,
+    overrides: list[str],
+    *culprits: str,
+    cwd: Path,
+    error: type[Exception] = DataError,
+) -> str:
+    """``sgdm COMMAND configs/tiny.yaml OVERRIDES`` fails naming every culprit; the error line."""
+    if via == CLI:
+        return assert_clean_failure(sgdm(command, TINY, *overrides, cwd=cwd), *culprits)
+    message = call_fails(command, overrides, error, cwd)
+    assert_names(message, *culprits)
     return message
 
 
@@ -74,17 +115,24 @@ def shards(tiny_shards: list[str], tmp_path: Path) -> Path:
     return copy
 
 
-def train(tiny_shards: list[str], shard_dir: Path, out: Path, *extra: str):
-    return sgdm(
-        "train",
-        TINY,
+def train_fails(
+    via: str,
+    tiny_shards: list[str],
+    shard_dir: Path,
+    out: Path,
+    extra: list[str],
+    *culprits: str,
+    error: type[Exception] = DataError,
+) -> str:
+    """A short `sgdm train` on ``shard_dir`` into ``out`` fails naming every culprit."""
+    overrides = [
         *tiny_shards,
         f"data.shard_dir={shard_dir}",
         *SHORT_RUN,
         f"experiment.output_dir={out}",
         *extra,
-        cwd=out.parent,
-    )
+    ]
+    return fails(via, "train", overrides, *culprits, cwd=out.parent, error=error)
 
 
 def first_train_shard(tiny_shards: list[str], shard_dir: Path) -> str:
@@ -126,8 +174,7 @@ def test_truncated_shard_names_the_shard(
     path.write_bytes(path.read_bytes()[:at])
 
     out = tmp_path / "run"
-    result = train(tiny_shards, shards, out)
-    message = assert_clean_failure(result, str(path))
+    message = train_fails(CALL, tiny_shards, shards, out, [], str(path))
     assert "truncated" in message.replace(str(path), "")  # tmp_path holds the test's name
     assert not (out / "model").exists()
 
@@ -143,14 +190,15 @@ def test_shard_sample_missing_a_key_names_shard_sample_and_key(
 
     out = tmp_path / "run"
     # The shard's sha256 would catch the edit first; this case is about the sample check behind it.
-    result = train(tiny_shards, shards, out, "data.loader.verify_checksums=false")
-    assert_clean_failure(result, str(shards / name), f"'{victim}'", missing)
+    extra = ["data.loader.verify_checksums=false"]
+    train_fails(CALL, tiny_shards, shards, out, extra, str(shards / name), f"'{victim}'", missing)
     assert not (out / "model").exists()
 
 
 def test_shard_eeg_with_a_channel_too_few_names_expected_and_found(
     tiny_shards: list[str], shards: Path, tmp_path: Path
 ) -> None:
+    """End to end through the real `sgdm train`: exit 2, no traceback, the message printed last."""
     name = first_train_shard(tiny_shards, shards)
     members = read_members(shards / name)
     # Every sample of the shard loses a channel: the loader's shuffle buffer decides which sample
@@ -162,10 +210,9 @@ def test_shard_eeg_with_a_channel_too_few_names_expected_and_found(
 
     out = tmp_path / "run"
     # The shard's sha256 would catch the edit first; this case is about the sample check behind it.
-    result = train(tiny_shards, shards, out, "data.loader.verify_checksums=false")
-    message = assert_clean_failure(
-        result, str(shards / name), "key 'eeg'", f"[{c - 1}, {t}]", f"[{c}, {t}]"
-    )
+    extra = ["data.loader.verify_checksums=false"]
+    culprits = [str(shards / name), "key 'eeg'", f"[{c - 1}, {t}]", f"[{c}, {t}]"]
+    message = train_fails(CLI, tiny_shards, shards, out, extra, *culprits)
     keys = {n.split(".", 1)[0] for n in eeg_members}
     assert any(f"sample '{k}'" in message for k in keys), message
     assert not (out / "model").exists()
@@ -177,8 +224,9 @@ def test_config_channels_differ_from_the_shards_manifest(
     shard_dir = paths_of(tiny_shards)["shard_dir"]
     n = read_manifest(str(shard_dir)).n_channels
     out = tmp_path / "run"
-    result = train(tiny_shards, shard_dir, out, "data.preprocess.channels=[O1, Oz, O2]")
-    assert_clean_failure(result, str(shard_dir), "config wants 3 ['O1', 'Oz', 'O2']", f"have {n}")
+    extra = ["data.preprocess.channels=[O1, Oz, O2]"]
+    culprits = [str(shard_dir), "config wants 3 ['O1', 'Oz', 'O2']", f"have {n}"]
+    train_fails(CALL, tiny_shards, shard_dir, out, extra, *culprits)
     assert not (out / "model").exists()
 
 
@@ -211,10 +259,11 @@ def edit_recording(path: Path, edit) -> None:
 
 
 @pytest.mark.parametrize(
-    ("subject", "part", "value"), [(2, "training", np.nan), (1, "test", np.inf)]
+    ("subject", "part", "value", "via"),
+    [(2, "training", np.nan, CALL), (1, "test", np.inf, CLI)],  # CLI: the real `sgdm prepare`
 )
 def test_non_finite_eeg_names_file_and_channel_and_leaves_no_complete_output(
-    raw: tuple[Path, list[str]], tmp_path: Path, subject: int, part: str, value: float
+    raw: tuple[Path, list[str]], tmp_path: Path, subject: int, part: str, value: float, via: str
 ) -> None:
     root, overrides = raw
     f = root / f"sub-{subject:02d}" / "ses-01" / f"raw_eeg_{part}.npy"
@@ -223,8 +272,7 @@ def test_non_finite_eeg_names_file_and_channel_and_leaves_no_complete_output(
         d["raw_eeg_data"][d["ch_names"].index("POz"), 1234] = value
 
     edit_recording(f, poison)
-    result = sgdm("prepare", TINY, *overrides, cwd=tmp_path)
-    assert_clean_failure(result, str(f), "NaN/Inf", "['POz']", "sample 1234")
+    fails(via, "prepare", overrides, str(f), "NaN/Inf", "['POz']", "sample 1234", cwd=tmp_path)
 
     out = tmp_path / "out"
     assert not (out / "manifest.json").exists()
@@ -245,14 +293,20 @@ def test_recording_with_62_of_63_channels_names_expected_and_found(
         del d["ch_names"][i], d["ch_types"][i]
 
     edit_recording(f, drop_fp1)
-    result = sgdm("prepare", TINY, *overrides, cwd=tmp_path)
-    assert_clean_failure(result, str(f), "expected the 63", "found 62", "missing ['Fp1']")
+    culprits = [str(f), "expected the 63", "found 62", "missing ['Fp1']"]
+    fails(CALL, "prepare", overrides, *culprits, cwd=tmp_path)
     assert not (tmp_path / "out" / "manifest.json").exists()
     assert half_written(tmp_path / "out") == []
 
 
 # ---------------------------------------------------------------------------------------------
-# configs
+# configs: what `sgdm` checks first (``load_config``), before any import that costs seconds
+
+
+def config_error(config: Path, overrides: list[str]) -> str:
+    with pytest.raises(ConfigError) as raised:
+        load_config(config, overrides)
+    return f"error: {raised.value}"
 
 
 @pytest.mark.parametrize(
@@ -262,24 +316,26 @@ def test_recording_with_62_of_63_channels_names_expected_and_found(
         ("train:\n  lr: 1.0e-3\n  subjects: [1, 2\n", 5),  # unclosed flow sequence
     ],
 )
-def test_malformed_yaml_exits_2_naming_file_and_line(tmp_path: Path, body: str, line: int) -> None:
+def test_malformed_yaml_names_file_and_line(tmp_path: Path, body: str, line: int) -> None:
     config = tmp_path / "broken.yaml"
     config.write_text(f"extends: {TINY}\n{body}")
-    result = sgdm("train", config, cwd=tmp_path)
-    assert_clean_failure(result, str(config), "malformed YAML", f"line {line}")
+    assert_names(config_error(config, []), str(config), "malformed YAML", f"line {line}")
 
 
-@pytest.mark.parametrize("where", ["file", "override"])
-def test_unknown_config_key_exits_2_naming_key_and_source(tmp_path: Path, where: str) -> None:
+@pytest.mark.parametrize(("where", "via"), [("file", CALL), ("override", CLI)])
+def test_unknown_config_key_names_key_and_source(tmp_path: Path, where: str, via: str) -> None:
     config = tmp_path / "typo.yaml"
     config.write_text(
         f"extends: {TINY}\ntrain:\n  {'lrr: 0.1' if where == 'file' else 'lr: 0.1'}\n"
     )
     overrides = ["train.lrr=0.1"] if where == "override" else []
-    result = sgdm("train", config, *overrides, cwd=tmp_path)
     source = str(config) if where == "file" else "override 'train.lrr=0.1'"
-    assert_clean_failure(result, "unknown key 'train.lrr'", source, "allowed:")
-    assert not (tmp_path / "outputs").exists()
+    culprits = ["unknown key 'train.lrr'", source, "allowed:"]
+    if via == CLI:  # the real `sgdm train`: exit 2, one line, and nothing written
+        assert_clean_failure(sgdm("train", config, *overrides, cwd=tmp_path), *culprits)
+        assert not (tmp_path / "outputs").exists()
+    else:
+        assert_names(config_error(config, overrides), *culprits)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -298,8 +354,8 @@ def test_missing_encoder_weights_stop_prepare_naming_the_path(
 ) -> None:
     _, overrides = raw
     key, path = override.split("=")
-    result = sgdm("prepare", TINY, *overrides, override, cwd=tmp_path)
-    assert_clean_failure(result, key.removesuffix(".clip_pretrained"), path)
+    culprits = [key.removesuffix(".clip_pretrained"), path]
+    fails(CALL, "prepare", [*overrides, override], *culprits, cwd=tmp_path)
     assert not (tmp_path / "out" / "manifest.json").exists()
     assert half_written(tmp_path / "out") == []
 
@@ -309,6 +365,7 @@ def test_missing_unet_weights_stop_train_naming_the_path(
 ) -> None:
     out = tmp_path / "run"
     shard_dir = paths_of(tiny_shards)["shard_dir"]
-    result = train(tiny_shards, shard_dir, out, "model.unet.pretrained=/nonexistent/unet")
-    assert_clean_failure(result, "model.unet.pretrained", "/nonexistent/unet")
+    extra = ["model.unet.pretrained=/nonexistent/unet"]
+    culprits = ["model.unet.pretrained", "/nonexistent/unet"]
+    train_fails(CALL, tiny_shards, shard_dir, out, extra, *culprits, error=ConfigError)
     assert not (out / "model").exists()
