@@ -5,7 +5,8 @@ loop  (default: tiny) the FULL `sgdm_dist.training.loop.train` loop (EMA, LR sch
       `sgdm prepare --synthetic`, read from its own throughput log (samples between two log steps /
       wall time), against a plain loop over the same loader, model and batch size (forward, backward,
       clip, AdamW, LR scheduler: no EMA, no tracking). Runs alternate; the first window of every
-      run (start-up) is dropped; medians. slowdown = plain / sgdm (goal <= 1.05).
+      run (start-up) is dropped. slowdown = plain / sgdm (goal <= 1.05): the median over rounds of
+      each round's median-window ratio, with the rounds' range.
 step  (default: tiny small) samples/s of the plain step against a reference-style step that
       computes the CLIP image embedding and VAE latent of every stimulus inside the step
       (random-init encoders of the configured architectures: nothing is downloaded), and
@@ -161,20 +162,29 @@ def plain_windows(cfg: Config, device: torch.device) -> list[float]:
 
 
 def bench_loop(name: str, args: argparse.Namespace, device: torch.device) -> dict[str, float]:
+    """Rounds of (sgdm run, plain run) back to back. The machine's speed drifts by more than the
+    5 % measured (windows of one run vary ±15 % on a shared VM), so each round's ratio compares two
+    runs minutes apart and the median over rounds is reported with the rounds' range."""
     work = args.work / name
     work.mkdir(parents=True, exist_ok=True)
     shards = prepared_shards(args.work / "data")
     sgdm: list[float] = []
     plain: list[float] = []
+    ratios: list[float] = []
     for i in range(args.rounds):  # a fresh output folder (and MLflow store) per run
         cfg = loop_config(name, shards, work / f"run-{time.time_ns()}-{i}", args)
-        sgdm += sgdm_windows(cfg)
-        plain += plain_windows(cfg, device)
-    s, p = statistics.median(sgdm), statistics.median(plain)
+        if i % 2 == 0:  # alternate which goes first: no side gets the warmer machine every time
+            s, p = sgdm_windows(cfg), plain_windows(cfg, device)
+        else:
+            p, s = plain_windows(cfg, device), sgdm_windows(cfg)
+        ratios.append(statistics.median(p) / statistics.median(s))
+        sgdm, plain = sgdm + s, plain + p
     return {
-        "sgdm_samples_per_s": s,
-        "plain_samples_per_s": p,
-        "slowdown": p / s,
+        "sgdm_samples_per_s": statistics.median(sgdm),
+        "plain_samples_per_s": statistics.median(plain),
+        "slowdown": statistics.median(ratios),
+        "slowdown_min": min(ratios),
+        "slowdown_max": max(ratios),
         "windows": len(sgdm),
     }
 
@@ -247,12 +257,16 @@ def main() -> None:
     where = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU x{threads} threads"
     print(f"device: {where}; fp32 matmul 2048^3 at {threads} threads: {peak / 1e9:.1f} GFLOP/s")
     if "loop" in args.parts:
-        print(f"{'config':<8}{'sgdm loop/s':>13}{'plain loop/s':>14}{'slowdown':>10}{'windows':>9}")
+        print(
+            f"{'config':<8}{'sgdm loop/s':>13}{'plain loop/s':>14}{'slowdown':>10}"
+            f"{'rounds range':>15}{'windows':>9}"
+        )
         for name in args.loop_configs:
             r = bench_loop(name, args, device)
             print(
                 f"{name:<8}{r['sgdm_samples_per_s']:>13.1f}{r['plain_samples_per_s']:>14.1f}"
-                f"{r['slowdown']:>10.3f}{r['windows']:>9}"
+                f"{r['slowdown']:>10.3f}{r['slowdown_min']:>8.3f}-{r['slowdown_max']:.3f}"
+                f"{r['windows']:>9}"
             )
     if "step" in args.parts:
         print(
