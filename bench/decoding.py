@@ -11,7 +11,7 @@ single trials and repetitions averaged, intra-subject and leave-one-subject-out 
 decoded through the subject-agnostic path). Model selection uses the validation split, which is carved
 from the *training* concepts: the test split is read only to score.
 
-    python bench/decoding.py --quick          # ~17 min on 2 idle cores (goal: <= 10)
+    python bench/decoding.py --quick          # ~9 min on 2 idle cores (2 workers)
     python bench/decoding.py                  # the full table of docs/decoding.md
 
 The last line is ``decoding: default/ridge top-1 ratio min=<x>`` (single-trial, intra-subject, over
