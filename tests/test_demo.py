@@ -58,3 +58,7 @@ def test_quick_demo_runs_the_whole_pipeline(tmp_path: Path) -> None:
         [client.get_experiment_by_name("sgdm-demo").experiment_id], "tags.num_processes = '2'"
     )
     assert len(train_runs) == 1  # trained by 2 processes under accelerate launch
+    # The exported structure head was refitted through the decoder, never to a worse validation fit.
+    refit = train_runs[0].data.metrics
+    assert refit["structure_refit/val_pixel_mse"] <= refit["structure_refit/val_pixel_mse_before"]
+    assert 0 <= refit["structure_refit/best_step"] <= 10

@@ -18,6 +18,7 @@ from sgdm_dist.utils.threads import (
     HostInfo,
     configure_threads,
     loader_worker_init,
+    scaled_threads,
     threads_per_process,
     usable_cores,
 )
@@ -84,6 +85,19 @@ def test_loader_workers_run_one_thread_each() -> None:
         )
         torch_threads, blas_threads = next(iter(loader))
         assert (int(torch_threads), int(blas_threads)) == (1, 1)
+    finally:
+        configure_threads(HostInfo(cores=before, local_processes=1))
+
+
+def test_scaled_threads_borrows_the_idle_ranks_share_and_gives_it_back() -> None:
+    before = torch.get_num_threads()
+    configure_threads(HostInfo(cores=2, local_processes=2))  # a rank's share: 1
+    try:
+        with scaled_threads(2) as n:
+            blas = {pool["num_threads"] for pool in threadpool_info()}
+            assert n == 2 and torch.get_num_threads() == 2 and blas == {2}
+        assert torch.get_num_threads() == 1
+        assert {pool["num_threads"] for pool in threadpool_info()} == {1}
     finally:
         configure_threads(HostInfo(cores=before, local_processes=1))
 

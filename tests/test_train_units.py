@@ -84,6 +84,9 @@ def test_launch_request_from_env() -> None:
     req = LaunchRequest.from_env({"WORLD_SIZE": "4", "ACCELERATE_USE_DEEPSPEED": "true"})
     assert req == LaunchRequest(world_size=4, deepspeed=True, fsdp=False)
     assert LaunchRequest.from_env({}) == LaunchRequest(world_size=1, deepspeed=False, fsdp=False)
+    assert (
+        LaunchRequest.from_env({"WORLD_SIZE": "8", "LOCAL_WORLD_SIZE": "4"}).local_world_size == 4
+    )
 
 
 def test_tracking_uri_precedence(tmp_path: Path) -> None:

@@ -40,6 +40,8 @@ QUICK = [
     "evaluate.steps=2",
     "evaluate.backbones=[alexnet]",
     "data.features.autoencoder_steps=20",
+    "train.structure_refit.steps=10",
+    "train.structure_refit.eval_every=5",
 ]
 
 

@@ -9,6 +9,21 @@ from pydantic import Field, model_validator
 from sgdm_dist.config.base import Section
 
 
+class StructureRefitConfig(Section):
+    """End-of-training refit of the structure head through the autoencoder's decoder (pixel MSE,
+    encoder frozen, best step on the validation images; training/structure_refit.py)."""
+
+    steps: int = Field(0, ge=0, description="0 → off: the head keeps what the loop taught it.")
+    batch_size: int = Field(16, gt=0, description="Repetition-averaged (subject, image) rows.")
+    lr: float = Field(2e-3, gt=0)
+    weight_decay: float = Field(1e-2, ge=0)
+    feature_noise: float = Field(
+        0.3, ge=0, description="Gaussian noise on z_eeg, in units of each feature's s.d."
+    )
+    feature_dropout: float = Field(0.3, ge=0, lt=1, description="Dropout on z_eeg.")
+    eval_every: int = Field(25, gt=0, description="Steps between validation checks.")
+
+
 class TrainConfig(Section):
     lr: float = Field(1e-4, gt=0)
     weight_decay: float = Field(1e-2, ge=0)
@@ -67,6 +82,7 @@ class TrainConfig(Section):
     nonfinite_limit: int = Field(
         10, ge=0, description="With nonfinite='skip': skipped updates allowed before stopping."
     )
+    structure_refit: StructureRefitConfig = StructureRefitConfig()
 
     @property
     def total_steps(self) -> int:

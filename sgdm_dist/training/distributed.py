@@ -38,6 +38,7 @@ class LaunchRequest:
     world_size: int
     deepspeed: bool
     fsdp: bool
+    local_world_size: int = 1  # processes of this launch on this node
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> LaunchRequest:
@@ -47,6 +48,7 @@ class LaunchRequest:
             world_size=int(env.get("WORLD_SIZE", "1")),
             deepspeed=flag("ACCELERATE_USE_DEEPSPEED"),
             fsdp=flag("ACCELERATE_USE_FSDP"),
+            local_world_size=int(env.get("LOCAL_WORLD_SIZE", "1")),
         )
 
 

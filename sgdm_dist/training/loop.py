@@ -22,6 +22,7 @@ from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
 from sgdm_dist.config import Config
+from sgdm_dist.data.features import load_vae
 from sgdm_dist.data.manifest import Manifest, manifest_json, read_manifest
 from sgdm_dist.models import SGDM, build_model
 from sgdm_dist.training.checkpoint import (
@@ -56,8 +57,10 @@ from sgdm_dist.training.stages import (
     switch_engine,
 )
 from sgdm_dist.training.step import epoch_batches, train_step
+from sgdm_dist.training.structure_refit import refit_structure_head
 from sgdm_dist.training.validation import final_grid, validate_retrieval
 from sgdm_dist.utils.atomic import atomic_write
+from sgdm_dist.utils.threads import scaled_threads
 from sgdm_dist.utils.tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -101,6 +104,7 @@ class _Run:
     progress: Any = None
     on_eval: EvalHook | None = None
     last_metrics: dict[str, float] = field(default_factory=dict)
+    local_processes: int = 1  # this launch's processes on this node (their threads, see _export)
     selection: Selection | None = (
         None  # best weights / early stopping (sgdm_dist/training/selection.py)
     )
@@ -186,6 +190,7 @@ def _setup(cfg: Config, request: LaunchRequest, on_eval: EvalHook | None) -> _Ru
     selection = Selection(cfg)
     run = _Run(cfg, accelerator, manifest, engine, None, TrainerState(), guard)
     run.on_eval, run.selection = selection.hook(on_eval), selection
+    run.local_processes = request.local_world_size
     run.ema = _new_ema(run)
     return run
 
@@ -381,6 +386,12 @@ def _export(run: _Run, target: Path) -> Path | None:
         run.accelerator.wait_for_everyone()
         return None
     run.selection.restore(copy)
+    if run.cfg.train.structure_refit.steps > 0 and copy.structure is not None:
+        # Rank 0 alone, on the exported copy (training/structure_refit.py); the node's other ranks
+        # wait below, so it may use their threads too.
+        with scaled_threads(run.local_processes):
+            vae = load_vae(run.cfg.data.shard_dir)
+            _record(run, refit_structure_head(copy, run.cfg, vae) or {})
     copy.save_pretrained(target)
     # Atomic (a full disk raises DiskFullError naming the file, never leaves half a file).
     config_text, manifest_text = run.cfg.to_yaml(), manifest_json(run.manifest)

@@ -21,7 +21,8 @@ import argparse
 import json
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -87,6 +88,19 @@ def apply_threads(n: int) -> None:
     torch.set_num_threads(n)
     # The limit stays in force after the call: we never restore the library defaults.
     threadpool_limits(limits=n)
+
+
+@contextmanager
+def scaled_threads(factor: int) -> Iterator[int]:
+    """Multiply this process's thread count by ``factor`` inside the block, restore it after; yields
+    the count. For work one rank does alone while the node's other ranks wait idle at a barrier."""
+    before = torch.get_num_threads()
+    n = max(1, before * factor)
+    apply_threads(n)
+    try:
+        yield n
+    finally:
+        apply_threads(before)
 
 
 def configure_threads(host: HostInfo, override: int | None = None) -> int:

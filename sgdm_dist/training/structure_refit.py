@@ -1,0 +1,155 @@
+"""End-of-training refit of the structure head in pixel space, through the autoencoder's decoder.
+
+The training loop teaches the structure head (models/structure.py) the coarse latent by MSE in latent
+space. A small autoencoder's latent space is far from linear: the conditional mean of latents (what
+an MSE head predicts) decodes off the image manifold, so a head that fits its latents well can still
+draw images that do not look like the stimulus (docs/model.md, "What limits it"). This refit asks the
+question the reconstruction is scored on instead: with the encoder frozen, the head is trained so that
+*the decoded image* of its prediction matches the decoded true latent (pixel MSE through the frozen
+decoder), from repetition-averaged training EEG. The head overfits a few hundred images within
+epochs, so the refit keeps the step with the lowest pixel MSE on the validation images (held-out
+*training* images, never test) and regularises the features it reads (noise, dropout).
+
+Called on the exported copy of the model by the trainer (``train.structure_refit.steps`` > 0).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from sgdm_dist.config import Config
+from sgdm_dist.data.loader import make_loader
+from sgdm_dist.models import SGDM
+from sgdm_dist.reconstruct.model import model_subjects
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Averaged:
+    """Repetition means of one split, one row per (subject, image): ``eeg`` [M, C, T],
+    ``latent`` [M, 4, h, w] (cached, × VAE scaling), ``subject`` [M]."""
+
+    eeg: Tensor
+    latent: Tensor
+    subject: Tensor
+
+
+def read_averaged(cfg: Config, split: str) -> Averaged | None:
+    """Mean EEG per (subject, image) of ``split`` for the training subjects, or None when empty."""
+    sums: dict[tuple[int, int], list[Any]] = {}
+    loader = make_loader(cfg, split, shuffle=False, drop_last=False, subjects=cfg.train.subjects)
+    for batch in loader:
+        keys = zip(batch["subject"].tolist(), batch["image_index"].tolist(), strict=True)
+        for row, key in enumerate(keys):
+            if bool(batch["pad"][row]):
+                continue  # wrap-around repeats of the plan, not extra trials
+            entry = sums.setdefault(key, [0.0, 0, batch["latent"][row]])
+            entry[0] = entry[0] + batch["eeg"][row].double()
+            entry[1] += 1
+    if not sums:
+        return None
+    keys = sorted(sums)
+    return Averaged(
+        eeg=torch.stack([(sums[k][0] / sums[k][1]).float() for k in keys]),
+        latent=torch.stack([sums[k][2].float() for k in keys]),
+        subject=torch.tensor([k[0] for k in keys]),
+    )
+
+
+def decode(vae: Any, latent: Tensor) -> Tensor:
+    """Cached latents [B, 4, h, w] → images [B, 3, H, W] in about [0, 1], differentiable (no clamp)."""
+    shift = getattr(vae.config, "shift_factor", None) or 0.0
+    return (vae.decode(latent / vae.config.scaling_factor + shift).sample + 1) / 2
+
+
+@torch.no_grad()
+def _features(model: SGDM, data: Averaged, batch_size: int = 64) -> Tensor:
+    """z_eeg [M, D] of the averaged EEG (eval mode: no dropout)."""
+    out = []
+    for start in range(0, len(data.subject), batch_size):
+        sl = slice(start, start + batch_size)
+        subject = model_subjects(data.subject[sl], model.n_subjects)
+        enc, _ = model.encode(data.eeg[sl].to(model.device), subject.to(model.device))
+        out.append(enc.z.float())
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def _targets(vae: Any, latent: Tensor, batch_size: int = 64) -> Tensor:
+    """What the autoencoder draws of each true latent: the best any head could match."""
+    return torch.cat(
+        [decode(vae, latent[i : i + batch_size]) for i in range(0, len(latent), batch_size)]
+    )
+
+
+def refit_structure_head(model: SGDM, cfg: Config, vae: Any) -> dict[str, float] | None:
+    """Refit ``model.structure`` in place (see the module docstring); returns what it measured, or
+    None when there is nothing to refit (no head, no steps, no training or validation EEG)."""
+    rc = cfg.train.structure_refit
+    if model.structure is None or rc.steps == 0:
+        return None
+    train, val = read_averaged(cfg, "train"), read_averaged(cfg, "val")
+    if train is None or val is None:
+        log.warning("structure refit skipped: it needs train and val EEG in %s", cfg.data.shard_dir)
+        return None
+    started = time.perf_counter()
+    model.eval()
+    vae = vae.to(model.device).eval().requires_grad_(False)
+    z_train, z_val = _features(model, train), _features(model, val)
+    x_train, x_val = (
+        _targets(vae, train.latent.to(model.device)),
+        _targets(vae, val.latent.to(model.device)),
+    )
+    head = model.structure
+    spread = z_train.std(0, keepdim=True)
+
+    def val_mse() -> float:
+        head.eval()
+        with torch.no_grad():
+            return float(F.mse_loss(decode(vae, head(z_val)), x_val))
+
+    best_mse, best_step, best_state = val_mse(), 0, copy.deepcopy(head.state_dict())
+    first_mse = best_mse
+    opt = torch.optim.AdamW(head.parameters(), lr=rc.lr, weight_decay=rc.weight_decay)
+    gen = torch.Generator().manual_seed(cfg.experiment.seed)
+    for step in tqdm(range(1, rc.steps + 1), desc="structure refit", unit="step", leave=False):
+        head.train()
+        idx = torch.randint(0, len(z_train), (rc.batch_size,), generator=gen).to(model.device)
+        z = z_train[idx] + rc.feature_noise * spread * torch.randn_like(z_train[idx])
+        z = F.dropout(z, p=rc.feature_dropout, training=True)
+        loss = F.mse_loss(decode(vae, head(z)), x_train[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if step % rc.eval_every == 0 or step == rc.steps:
+            mse = val_mse()
+            if mse < best_mse:
+                best_mse, best_step, best_state = mse, step, copy.deepcopy(head.state_dict())
+    head.load_state_dict(best_state)
+    head.eval()
+    result = {
+        "structure_refit/val_pixel_mse_before": first_mse,
+        "structure_refit/val_pixel_mse": best_mse,
+        "structure_refit/best_step": float(best_step),
+        "structure_refit/seconds": time.perf_counter() - started,
+    }
+    log.info(
+        "structure refit: validation pixel MSE %.4f → %.4f (step %d of %d, %d train / %d val rows)",
+        first_mse,
+        best_mse,
+        best_step,
+        rc.steps,
+        len(z_train),
+        len(z_val),
+    )
+    return result
