@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import torch
@@ -72,3 +73,14 @@ def test_read_averaged_gives_one_row_per_subject_and_image(tiny_shards: list[str
     assert data.latent.shape[0] == len(data.subject)
     assert sorted(set(data.subject.tolist())) == [1, 2]
     assert len(data.subject) == 2 * n_images
+
+
+def test_refit_is_reproducible_whatever_the_global_rng(tiny_shards: list[str]) -> None:
+    cfg, model, vae = _setup(tiny_shards, "train.structure_refit.steps=5")
+    twin = copy.deepcopy(model)
+    torch.manual_seed(1)
+    refit_structure_head(model, cfg, vae)
+    torch.manual_seed(2)
+    refit_structure_head(twin, cfg, vae)
+    for name, value in model.structure.state_dict().items():
+        assert torch.equal(twin.structure.state_dict()[name], value), name

@@ -27,6 +27,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from sgdm_dist.config import Config
+from sgdm_dist.config.train import StructureRefitConfig
 from sgdm_dist.data.loader import make_loader
 from sgdm_dist.models import SGDM
 from sgdm_dist.reconstruct.model import model_subjects
@@ -72,6 +73,20 @@ def decode(vae: Any, latent: Tensor) -> Tensor:
     return (vae.decode(latent / vae.config.scaling_factor + shift).sample + 1) / 2
 
 
+def _batch(
+    z_train: Tensor, spread: Tensor, rc: StructureRefitConfig, gen: torch.Generator
+) -> tuple[Tensor, Tensor]:
+    """A random batch of rows and their augmented features: noise × each feature's s.d. [1, D], then
+    dropout. Every draw comes from ``gen`` (CPU), so a refit is the same in any process."""
+    n, dim = z_train.shape
+    idx = torch.randint(0, n, (rc.batch_size,), generator=gen)
+    noise = torch.randn(rc.batch_size, dim, generator=gen)
+    keep = (torch.rand(rc.batch_size, dim, generator=gen) >= rc.feature_dropout).float()
+    idx, noise, keep = idx.to(z_train.device), noise.to(z_train.device), keep.to(z_train.device)
+    z = (z_train[idx] + rc.feature_noise * spread * noise) * keep / (1 - rc.feature_dropout)
+    return idx, z
+
+
 @torch.no_grad()
 def _features(model: SGDM, data: Averaged, batch_size: int = 64) -> Tensor:
     """z_eeg [M, D] of the averaged EEG (eval mode: no dropout)."""
@@ -106,50 +121,62 @@ def refit_structure_head(model: SGDM, cfg: Config, vae: Any) -> dict[str, float]
     model.eval()
     vae = vae.to(model.device).eval().requires_grad_(False)
     z_train, z_val = _features(model, train), _features(model, val)
-    x_train, x_val = (
-        _targets(vae, train.latent.to(model.device)),
-        _targets(vae, val.latent.to(model.device)),
+    x_train = _targets(vae, train.latent.to(model.device))
+    x_val = _targets(vae, val.latent.to(model.device))
+    before, best, best_step = _fit(
+        model.structure, vae, (z_train, x_train), (z_val, x_val), rc, cfg
     )
-    head = model.structure
-    spread = z_train.std(0, keepdim=True)
-
-    def val_mse() -> float:
-        head.eval()
-        with torch.no_grad():
-            return float(F.mse_loss(decode(vae, head(z_val)), x_val))
-
-    best_mse, best_step, best_state = val_mse(), 0, copy.deepcopy(head.state_dict())
-    first_mse = best_mse
-    opt = torch.optim.AdamW(head.parameters(), lr=rc.lr, weight_decay=rc.weight_decay)
-    gen = torch.Generator().manual_seed(cfg.experiment.seed)
-    for step in tqdm(range(1, rc.steps + 1), desc="structure refit", unit="step", leave=False):
-        head.train()
-        idx = torch.randint(0, len(z_train), (rc.batch_size,), generator=gen).to(model.device)
-        z = z_train[idx] + rc.feature_noise * spread * torch.randn_like(z_train[idx])
-        z = F.dropout(z, p=rc.feature_dropout, training=True)
-        loss = F.mse_loss(decode(vae, head(z)), x_train[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if step % rc.eval_every == 0 or step == rc.steps:
-            mse = val_mse()
-            if mse < best_mse:
-                best_mse, best_step, best_state = mse, step, copy.deepcopy(head.state_dict())
-    head.load_state_dict(best_state)
-    head.eval()
-    result = {
-        "structure_refit/val_pixel_mse_before": first_mse,
-        "structure_refit/val_pixel_mse": best_mse,
-        "structure_refit/best_step": float(best_step),
-        "structure_refit/seconds": time.perf_counter() - started,
-    }
     log.info(
         "structure refit: validation pixel MSE %.4f → %.4f (step %d of %d, %d train / %d val rows)",
-        first_mse,
-        best_mse,
+        before,
+        best,
         best_step,
         rc.steps,
         len(z_train),
         len(z_val),
     )
-    return result
+    return {
+        "structure_refit/val_pixel_mse_before": before,
+        "structure_refit/val_pixel_mse": best,
+        "structure_refit/best_step": float(best_step),
+        "structure_refit/seconds": time.perf_counter() - started,
+    }
+
+
+def _fit(
+    head: torch.nn.Module,
+    vae: Any,
+    train: tuple[Tensor, Tensor],
+    val: tuple[Tensor, Tensor],
+    rc: StructureRefitConfig,
+    cfg: Config,
+) -> tuple[float, float, int]:
+    """Train ``head`` on (z [M, D], target images) rows; leave it at its best validation step.
+
+    Returns (validation pixel MSE at step 0, at the best step, the best step)."""
+    (z_train, x_train), (z_val, x_val) = train, val
+    spread = z_train.std(0, keepdim=True)
+
+    @torch.no_grad()
+    def val_mse() -> float:
+        head.eval()
+        return float(F.mse_loss(decode(vae, head(z_val)), x_val))
+
+    best, best_step, best_state = val_mse(), 0, copy.deepcopy(head.state_dict())
+    before = best
+    opt = torch.optim.AdamW(head.parameters(), lr=rc.lr, weight_decay=rc.weight_decay)
+    gen = torch.Generator().manual_seed(cfg.experiment.seed)
+    for step in tqdm(range(1, rc.steps + 1), desc="structure refit", unit="step", leave=False):
+        head.train()
+        idx, z = _batch(z_train, spread, rc, gen)
+        loss = F.mse_loss(decode(vae, head(z)), x_train[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if step % rc.eval_every == 0 or step == rc.steps:
+            current = val_mse()
+            if current < best:
+                best, best_step, best_state = current, step, copy.deepcopy(head.state_dict())
+    head.load_state_dict(best_state)
+    head.eval()
+    return before, best, best_step
