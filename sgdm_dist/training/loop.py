@@ -22,7 +22,6 @@ from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
 from sgdm_dist.config import Config
-from sgdm_dist.data.features import load_vae
 from sgdm_dist.data.manifest import Manifest, manifest_json, read_manifest
 from sgdm_dist.models import SGDM, build_model
 from sgdm_dist.training.checkpoint import (
@@ -57,10 +56,9 @@ from sgdm_dist.training.stages import (
     switch_engine,
 )
 from sgdm_dist.training.step import epoch_batches, train_step
-from sgdm_dist.training.structure_refit import refit_structure_head
+from sgdm_dist.training.structure_refit import refit_for_export
 from sgdm_dist.training.validation import final_grid, validate_retrieval
 from sgdm_dist.utils.atomic import atomic_write
-from sgdm_dist.utils.threads import scaled_threads
 from sgdm_dist.utils.tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -386,12 +384,7 @@ def _export(run: _Run, target: Path) -> Path | None:
         run.accelerator.wait_for_everyone()
         return None
     run.selection.restore(copy)
-    if run.cfg.train.structure_refit.steps > 0 and copy.structure is not None:
-        # Rank 0 alone, on the exported copy (training/structure_refit.py); the node's other ranks
-        # wait below, so it may use their threads too.
-        with scaled_threads(run.local_processes):
-            vae = load_vae(run.cfg.data.shard_dir)
-            _record(run, refit_structure_head(copy, run.cfg, vae) or {})
+    _record(run, refit_for_export(copy, run.cfg, run.local_processes))  # rank 0 alone
     copy.save_pretrained(target)
     # Atomic (a full disk raises DiskFullError naming the file, never leaves half a file).
     config_text, manifest_text = run.cfg.to_yaml(), manifest_json(run.manifest)

@@ -28,9 +28,11 @@ from tqdm.auto import tqdm
 
 from sgdm_dist.config import Config
 from sgdm_dist.config.train import StructureRefitConfig
+from sgdm_dist.data.features import load_vae
 from sgdm_dist.data.loader import make_loader
 from sgdm_dist.models import SGDM
 from sgdm_dist.reconstruct.model import model_subjects
+from sgdm_dist.utils.threads import scaled_threads
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +107,16 @@ def _targets(vae: Any, latent: Tensor, batch_size: int = 64) -> Tensor:
     return torch.cat(
         [decode(vae, latent[i : i + batch_size]) for i in range(0, len(latent), batch_size)]
     )
+
+
+def refit_for_export(model: SGDM, cfg: Config, local_processes: int) -> dict[str, float]:
+    """The trainer's call on rank 0 before export: refit when configured, with the shard set's VAE.
+    The node's other ``local_processes - 1`` ranks wait at the export barrier meanwhile, so this one
+    borrows their threads. Returns the metrics to log (empty when the refit is off)."""
+    if cfg.train.structure_refit.steps == 0 or model.structure is None:
+        return {}
+    with scaled_threads(local_processes):
+        return refit_structure_head(model, cfg, load_vae(cfg.data.shard_dir)) or {}
 
 
 def refit_structure_head(model: SGDM, cfg: Config, vae: Any) -> dict[str, float] | None:
