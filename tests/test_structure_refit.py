@@ -11,7 +11,7 @@ from sgdm_dist.config import load_config
 from sgdm_dist.data.features import load_vae
 from sgdm_dist.data.manifest import read_manifest
 from sgdm_dist.models import build_model
-from sgdm_dist.training.structure_refit import read_averaged, refit_structure_head
+from sgdm_dist.training.structure_refit import Targets, read_averaged, refit_structure_head
 
 TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
 
@@ -84,3 +84,16 @@ def test_refit_is_reproducible_whatever_the_global_rng(tiny_shards: list[str]) -
     refit_structure_head(twin, cfg, vae)
     for name, value in model.structure.state_dict().items():
         assert torch.equal(twin.structure.state_dict()[name], value), name
+
+
+def test_targets_too_big_to_keep_are_decoded_per_batch_to_the_same_images(
+    tiny_shards: list[str],
+) -> None:
+    cfg, _, vae = _setup(tiny_shards)
+    data = read_averaged(cfg, "val")
+    assert data is not None
+    kept, streamed = Targets(vae, data.latent), Targets(vae, data.latent, cache_bytes=0)
+    assert kept.cache is not None and streamed.cache is None and len(streamed) == len(data.latent)
+    idx = torch.tensor([3, 0, 5])
+    torch.testing.assert_close(streamed[idx], kept[idx])
+    torch.testing.assert_close(streamed[1:4], kept[1:4])

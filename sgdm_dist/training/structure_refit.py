@@ -36,6 +36,8 @@ from sgdm_dist.utils.threads import scaled_threads
 
 log = logging.getLogger(__name__)
 
+TARGET_CACHE_BYTES = 1 << 30  # decoded targets kept in memory up to 1 GiB
+
 
 @dataclass
 class Averaged:
@@ -56,15 +58,15 @@ def read_averaged(cfg: Config, split: str) -> Averaged | None:
         for row, key in enumerate(keys):
             if bool(batch["pad"][row]):
                 continue  # wrap-around repeats of the plan, not extra trials
-            entry = sums.setdefault(key, [0.0, 0, batch["latent"][row]])
-            entry[0] = entry[0] + batch["eeg"][row].double()
+            entry = sums.setdefault(key, [0.0, 0, batch["latent"][row].float().clone()])
+            entry[0] = entry[0] + batch["eeg"][row].float()  # float32: a few repetitions
             entry[1] += 1
     if not sums:
         return None
     keys = sorted(sums)
     return Averaged(
-        eeg=torch.stack([(sums[k][0] / sums[k][1]).float() for k in keys]),
-        latent=torch.stack([sums[k][2].float() for k in keys]),
+        eeg=torch.stack([sums[k][0] / sums[k][1] for k in keys]),
+        latent=torch.stack([sums[k][2] for k in keys]),
         subject=torch.tensor([k[0] for k in keys]),
     )
 
@@ -101,12 +103,30 @@ def _features(model: SGDM, data: Averaged, batch_size: int = 64) -> Tensor:
     return torch.cat(out)
 
 
-@torch.no_grad()
-def _targets(vae: Any, latent: Tensor, batch_size: int = 64) -> Tensor:
-    """What the autoencoder draws of each true latent: the best any head could match."""
-    return torch.cat(
-        [decode(vae, latent[i : i + batch_size]) for i in range(0, len(latent), batch_size)]
-    )
+class Targets:
+    """What the autoencoder draws of each row's true latent (the best any head could match):
+    ``targets[idx]`` → images [B, 3, H, W]. Decoded once and kept when all rows fit in
+    ``cache_bytes``; decoded per batch otherwise (THINGS-EEG2 at 512 px would need hundreds of GB)."""
+
+    def __init__(self, vae: Any, latent: Tensor, cache_bytes: int = TARGET_CACHE_BYTES) -> None:
+        self.vae, self.latent = vae, latent
+        pixels = self._decode(slice(0, 1)).numel()
+        fits = pixels * 4 * len(latent) <= cache_bytes
+        self.cache = (
+            torch.cat([self._decode(slice(i, i + 64)) for i in range(0, len(latent), 64)])
+            if fits
+            else None
+        )
+
+    @torch.no_grad()
+    def _decode(self, idx: Tensor | slice) -> Tensor:
+        return decode(self.vae, self.latent[idx])
+
+    def __getitem__(self, idx: Tensor | slice) -> Tensor:
+        return self.cache[idx] if self.cache is not None else self._decode(idx)
+
+    def __len__(self) -> int:
+        return len(self.latent)
 
 
 def refit_for_export(model: SGDM, cfg: Config, local_processes: int) -> dict[str, float]:
@@ -133,8 +153,8 @@ def refit_structure_head(model: SGDM, cfg: Config, vae: Any) -> dict[str, float]
     model.eval()
     vae = vae.to(model.device).eval().requires_grad_(False)
     z_train, z_val = _features(model, train), _features(model, val)
-    x_train = _targets(vae, train.latent.to(model.device))
-    x_val = _targets(vae, val.latent.to(model.device))
+    x_train = Targets(vae, train.latent.to(model.device))
+    x_val = Targets(vae, val.latent.to(model.device))
     before, best, best_step = _fit(
         model.structure, vae, (z_train, x_train), (z_val, x_val), rc, cfg
     )
@@ -158,8 +178,8 @@ def refit_structure_head(model: SGDM, cfg: Config, vae: Any) -> dict[str, float]
 def _fit(
     head: torch.nn.Module,
     vae: Any,
-    train: tuple[Tensor, Tensor],
-    val: tuple[Tensor, Tensor],
+    train: tuple[Tensor, Targets],
+    val: tuple[Tensor, Targets],
     rc: StructureRefitConfig,
     cfg: Config,
 ) -> tuple[float, float, int]:
@@ -170,9 +190,15 @@ def _fit(
     spread = z_train.std(0, keepdim=True)
 
     @torch.no_grad()
-    def val_mse() -> float:
+    def val_mse() -> float:  # in chunks: a large validation split never decodes at once
         head.eval()
-        return float(F.mse_loss(decode(vae, head(z_val)), x_val))
+        total, count = 0.0, 0
+        for start in range(0, len(z_val), 64):
+            sl = slice(start, start + 64)
+            target = x_val[sl]
+            total += float(F.mse_loss(decode(vae, head(z_val[sl])), target, reduction="sum"))
+            count += target.numel()
+        return total / count
 
     best, best_step, best_state = val_mse(), 0, copy.deepcopy(head.state_dict())
     before = best
