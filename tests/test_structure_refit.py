@@ -64,8 +64,8 @@ def test_refit_is_off_without_steps_or_head(tiny_shards: list[str]) -> None:
 
 
 def test_read_averaged_gives_one_row_per_subject_and_image(tiny_shards: list[str]) -> None:
-    cfg = load_config(TINY, tiny_shards)
-    data = read_averaged(cfg, "val")
+    cfg, model, _ = _setup(tiny_shards)
+    data = read_averaged(cfg, "val", model)
     assert data is not None
     m = read_manifest(cfg.data.shard_dir)
     n_images = len(m.splits["val"].concepts) * cfg.data.synthetic.images_per_concept
@@ -89,8 +89,8 @@ def test_refit_is_reproducible_whatever_the_global_rng(tiny_shards: list[str]) -
 def test_targets_too_big_to_keep_are_decoded_per_batch_to_the_same_images(
     tiny_shards: list[str],
 ) -> None:
-    cfg, _, vae = _setup(tiny_shards)
-    data = read_averaged(cfg, "val")
+    cfg, model, vae = _setup(tiny_shards)
+    data = read_averaged(cfg, "val", model)
     assert data is not None
     kept, streamed = Targets(vae, data.latent), Targets(vae, data.latent, cache_bytes=0)
     assert kept.cache is not None and streamed.cache is None and len(streamed) == len(data.latent)

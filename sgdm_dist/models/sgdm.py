@@ -295,17 +295,22 @@ class SGDM(nn.Module):
         return torch.cat(chunks)
 
     @staticmethod
+    def decode_raw(latents: Tensor, vae: AutoencoderKL) -> Tensor:
+        """One batch of VAE latents (× scaling factor, as cached) → images [B, 3, H, W] in about
+        [0, 1]: unclamped and differentiable (the structure refit trains through it)."""
+        shift = getattr(vae.config, "shift_factor", None) or 0.0
+        x = vae.decode(latents / vae.config.scaling_factor + shift, return_dict=False)[0]
+        return (x.float() + 1) / 2
+
+    @staticmethod
     @torch.no_grad()
     def decode_latents(latents: Tensor, vae: AutoencoderKL, batch_size: int = 16) -> Tensor:
         """VAE latents (× scaling factor, as cached in the shards) → images [B, 3, H, W] in [0, 1]."""
-        scaling = vae.config.scaling_factor
-        shift = getattr(vae.config, "shift_factor", None) or 0.0
         param = next(vae.parameters())
         images = []
         for start in range(0, latents.shape[0], batch_size):
             z = latents[start : start + batch_size].to(param.device, param.dtype)
-            x = vae.decode(z / scaling + shift, return_dict=False)[0]
-            images.append(((x.float() + 1) / 2).clamp(0, 1))
+            images.append(SGDM.decode_raw(z, vae).clamp(0, 1))
         return torch.cat(images)
 
     def reconstruct(

@@ -34,6 +34,7 @@ class SplitEEG:
     ``image_index[s]`` [M_s] sorted; ``n_reps[s]`` [M_s]; and, when read with a model, single-trial
     CLIP predictions ``trial_pred[s]`` [N_s, D] with their ``trial_index[s]`` [N_s].
     ``images``: image index → stimulus [3, H, W] uint8 (when the split stores them);
+    ``latents``: image index → cached VAE latent [4, h, w] float32;
     ``concepts``: image index → concept name.
     """
 
@@ -46,6 +47,7 @@ class SplitEEG:
     trial_pred: dict[int, Tensor] = field(default_factory=dict)
     trial_index: dict[int, Tensor] = field(default_factory=dict)
     images: dict[int, Tensor] = field(default_factory=dict)
+    latents: dict[int, Tensor] = field(default_factory=dict)
     concepts: dict[int, str] = field(default_factory=dict)
 
     @property
@@ -161,6 +163,8 @@ class _TrialSums:
             out.concepts.setdefault(i, concepts[int(batch["concept"][row])])
             if "image" in batch and i not in out.images:
                 out.images[i] = batch["image"][row].mul(255).round().to(torch.uint8)
+            if i not in out.latents:
+                out.latents[i] = batch["latent"][row].float().clone()
 
     def add_predictions(self, pred: Tensor, subject: Tensor, index: Tensor) -> None:
         """Keep a batch's CLIP predictions [B, D] and image indices [B], grouped by subject [B]."""

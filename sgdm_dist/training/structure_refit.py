@@ -29,9 +29,9 @@ from tqdm.auto import tqdm
 from sgdm_dist.config import Config
 from sgdm_dist.config.train import StructureRefitConfig
 from sgdm_dist.data.features import load_vae
-from sgdm_dist.data.loader import make_loader
 from sgdm_dist.models import SGDM
-from sgdm_dist.reconstruct.model import model_subjects
+from sgdm_dist.reconstruct.inputs import read_split
+from sgdm_dist.reconstruct.model import ReconstructError, TrainingData, model_subjects
 from sgdm_dist.utils.threads import scaled_threads
 
 log = logging.getLogger(__name__)
@@ -49,32 +49,26 @@ class Averaged:
     subject: Tensor
 
 
-def read_averaged(cfg: Config, split: str) -> Averaged | None:
-    """Mean EEG per (subject, image) of ``split`` for the training subjects, or None when empty."""
-    sums: dict[tuple[int, int], list[Any]] = {}
-    loader = make_loader(cfg, split, shuffle=False, drop_last=False, subjects=cfg.train.subjects)
-    for batch in loader:
-        keys = zip(batch["subject"].tolist(), batch["image_index"].tolist(), strict=True)
-        for row, key in enumerate(keys):
-            if bool(batch["pad"][row]):
-                continue  # wrap-around repeats of the plan, not extra trials
-            entry = sums.setdefault(key, [0.0, 0, batch["latent"][row].float().clone()])
-            entry[0] = entry[0] + batch["eeg"][row].float()  # float32: a few repetitions
-            entry[1] += 1
-    if not sums:
+def read_averaged(cfg: Config, split: str, model: SGDM) -> Averaged | None:
+    """Mean EEG per (subject, image) of ``split`` for the training subjects (the evaluation's own
+    reader, reconstruct/inputs.py), or None when the split holds no shards or trials."""
+    try:
+        data = read_split(
+            cfg.data.shard_dir,
+            split,
+            model=model,
+            trained=TrainingData(),
+            subjects=cfg.train.subjects,
+            progress=False,
+        )
+    except ReconstructError:
         return None
-    keys = sorted(sums)
+    index = [int(i) for s in data.subjects for i in data.image_index[s]]
     return Averaged(
-        eeg=torch.stack([sums[k][0] / sums[k][1] for k in keys]),
-        latent=torch.stack([sums[k][2] for k in keys]),
-        subject=torch.tensor([k[0] for k in keys]),
+        eeg=torch.cat([data.mean_eeg[s] for s in data.subjects]),
+        latent=torch.stack([data.latents[i] for i in index]),
+        subject=torch.cat([torch.full((len(data.image_index[s]),), s) for s in data.subjects]),
     )
-
-
-def decode(vae: Any, latent: Tensor) -> Tensor:
-    """Cached latents [B, 4, h, w] → images [B, 3, H, W] in about [0, 1], differentiable (no clamp)."""
-    shift = getattr(vae.config, "shift_factor", None) or 0.0
-    return (vae.decode(latent / vae.config.scaling_factor + shift).sample + 1) / 2
 
 
 def _batch(
@@ -120,7 +114,7 @@ class Targets:
 
     @torch.no_grad()
     def _decode(self, idx: Tensor | slice) -> Tensor:
-        return decode(self.vae, self.latent[idx])
+        return SGDM.decode_raw(self.latent[idx], self.vae)
 
     def __getitem__(self, idx: Tensor | slice) -> Tensor:
         return self.cache[idx] if self.cache is not None else self._decode(idx)
@@ -145,7 +139,7 @@ def refit_structure_head(model: SGDM, cfg: Config, vae: Any) -> dict[str, float]
     rc = cfg.train.structure_refit
     if model.structure is None or rc.steps == 0:
         return None
-    train, val = read_averaged(cfg, "train"), read_averaged(cfg, "val")
+    train, val = read_averaged(cfg, "train", model), read_averaged(cfg, "val", model)
     if train is None or val is None:
         log.warning("structure refit skipped: it needs train and val EEG in %s", cfg.data.shard_dir)
         return None
@@ -196,7 +190,9 @@ def _fit(
         for start in range(0, len(z_val), 64):
             sl = slice(start, start + 64)
             target = x_val[sl]
-            total += float(F.mse_loss(decode(vae, head(z_val[sl])), target, reduction="sum"))
+            total += float(
+                F.mse_loss(SGDM.decode_raw(head(z_val[sl]), vae), target, reduction="sum")
+            )
             count += target.numel()
         return total / count
 
@@ -207,7 +203,7 @@ def _fit(
     for step in tqdm(range(1, rc.steps + 1), desc="structure refit", unit="step", leave=False):
         head.train()
         idx, z = _batch(z_train, spread, rc, gen)
-        loss = F.mse_loss(decode(vae, head(z)), x_train[idx])
+        loss = F.mse_loss(SGDM.decode_raw(head(z), vae), x_train[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
