@@ -13,6 +13,8 @@ from the *training* concepts: the test split is read only to score.
 
     python bench/decoding.py --quick          # ~9 min on 2 idle cores (2 workers)
     python bench/decoding.py                  # the full table of docs/decoding.md
+    python bench/decoding.py --quick --methods default --method shift1 model.encoder.augment_shift=1
+                                              # a variant of the recipe as one more method
 
 The last line is ``decoding: default/ridge top-1 ratio min=<x>`` (single-trial, intra-subject, over
 datasets).
@@ -96,7 +98,7 @@ class Dataset:
         return load_config(BASE, [*self.overrides, *(extra or [])])
 
 
-def make_dataset(family: str, size: str, work: Path, seed: int) -> Dataset:
+def make_dataset(family: str, size: str, work: Path, seed: int, prepare: bool = True) -> Dataset:
     concepts, per, train_reps, test_reps = SIZES[size]
     root = work / f"{family}-{size}"
     overrides = [
@@ -118,7 +120,7 @@ def make_dataset(family: str, size: str, work: Path, seed: int) -> Dataset:
         *FAMILIES[family],
     ]
     ds = Dataset(f"{family}-{size}", family, size, root, overrides)
-    if not (root / "shards" / "manifest.json").exists():
+    if prepare and not (root / "shards" / "manifest.json").exists():
         cmd = [str(Path(sys.executable).with_name("sgdm")), "prepare", str(BASE), *overrides]
         subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
     return ds
@@ -188,10 +190,12 @@ METHODS: dict[str, list[str]] = {
 
 @dataclass(frozen=True)
 class Job:
-    """One row of the table: ``method`` on ``ds``, intra-subject or with subject ``held`` left out."""
+    """One row of the table: ``method`` (config ``overrides`` on top of the recipe; none for ridge)
+    on ``ds``, intra-subject or with subject ``held`` left out."""
 
     ds: Dataset
     method: str
+    overrides: tuple[str, ...] = ()
     held: int | None = None  # None: intra-subject
 
     @property
@@ -218,11 +222,11 @@ def run_job(job: Job) -> dict:
     elif job.method == "ridge":
         scores = ridge_scores(subset(train, train.subject != held), test, np.array([held]))
     elif held is None:
-        model = train_model(job.ds, METHODS[job.method], job.method, None)
+        model = train_model(job.ds, list(job.overrides), job.method, None)
         scores = model_scores(model, test, np.array(subjects), unseen=False)
     else:
         rest = [s for s in subjects if s != held]
-        model = train_model(job.ds, METHODS[job.method], f"{job.method}-loso{held}", rest)
+        model = train_model(job.ds, list(job.overrides), f"{job.method}-loso{held}", rest)
         scores = model_scores(model, test, np.array([held]), unseen=True)
     return _row(job.ds, job.method, job.setting, scores, time.perf_counter() - t0)
 
@@ -290,21 +294,42 @@ def _fmt(r: dict) -> str:
     )
 
 
+def method_table(args: argparse.Namespace) -> dict[str, list[str]]:
+    """The methods asked for, name → config overrides: ``--methods`` picks from METHODS (and
+    "ridge"), each ``--method NAME OVERRIDE...`` adds one more."""
+    extra = {name: overrides for name, *overrides in args.method or []}
+    known = {"ridge": [], **METHODS, **extra}
+    if args.methods is not None:
+        names = [*args.methods, *extra]
+    else:
+        names = [*(["ridge", "default"] if args.quick else ["ridge", *METHODS]), *extra]
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise SystemExit(
+            f"unknown method(s) {unknown}; known: {sorted(known)} or --method NAME ..."
+        )
+    return {name: known[name] for name in dict.fromkeys(names)}
+
+
 def plan(args: argparse.Namespace, workers: int) -> list[Job]:
     """Datasets prepared (``workers`` at a time, before any job starts) and every job to run on them,
     in the table's order: dataset, method as asked, intra-subject before the LOSO folds."""
     sizes = args.sizes or (["small"] if args.quick else ["small", "large"])
-    methods = args.methods or (["ridge", "default"] if args.quick else ["ridge", *METHODS])
+    methods = method_table(args)
     folds = [3] if args.quick else [1, 2, 3]
     wanted = [(family, size) for size in sizes for family in args.families]
+    work, prepare = args.work.resolve(), not args.dry_run
     with ThreadPoolExecutor(workers) as pool:  # each `sgdm prepare` is a process of one thread
-        made = pool.map(lambda fs: make_dataset(*fs, args.work.resolve(), args.seed), wanted)
+        made = pool.map(lambda fs: make_dataset(*fs, work, args.seed, prepare), wanted)
         datasets = list(made)
     return [
         job
         for ds in datasets
-        for method in methods
-        for job in (Job(ds, method), *(Job(ds, method, k) for k in folds))
+        for method, overrides in methods.items()
+        for job in (
+            Job(ds, method, tuple(overrides)),
+            *(Job(ds, method, tuple(overrides), k) for k in folds),
+        )
     ]
 
 
@@ -338,14 +363,33 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, 2 methods, 1 LOSO fold")
     parser.add_argument("--work", type=Path, default=Path("outputs/bench-decoding"))
-    parser.add_argument("--methods", nargs="*", default=None)
+    parser.add_argument(
+        "--methods", nargs="*", default=None, help="from: ridge " + " ".join(METHODS)
+    )
+    parser.add_argument(
+        "--method",
+        nargs="+",
+        action="append",
+        metavar="NAME OVERRIDE",
+        help="one more method: a name and config overrides on top of configs/decoding.yaml "
+        "(repeatable), e.g. --method shift1 model.encoder.augment_shift=1",
+    )
     parser.add_argument("--families", nargs="*", default=list(FAMILIES))
     parser.add_argument("--sizes", nargs="*", default=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--jobs", type=int, default=None, help="worker processes; default: cores")
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="list the jobs (and overrides); prepare and train nothing",
+    )
     args = parser.parse_args()
     workers = args.jobs or usable_cores()
     jobs = plan(args, workers)
+    if args.dry_run:
+        for job in jobs:
+            print(f"{job.ds.name:<18} {job.method:<15} {job.setting:<8} {' '.join(job.overrides)}")
+        return 0
     rows = run_jobs(jobs, workers)
     print(HEADER)
     print("\n".join(_fmt(r) for r in rows))

@@ -3,6 +3,9 @@ scored in the space the model was trained in, and collapse is visible."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -18,6 +21,7 @@ from sgdm_dist.models.encoders.augment import augment
 from sgdm_dist.training.selection import resolve_epochs
 
 KINDS = ["nice", "atms", "eegnet", "linear"]
+BENCH = Path(__file__).resolve().parents[1] / "bench" / "decoding.py"
 
 
 @pytest.mark.parametrize("shape", [(17, 100), (63, 250)])
@@ -131,6 +135,36 @@ def test_align_epochs_become_steps() -> None:
     assert resolve_epochs(one, manifest, world_size=1).train.align_steps == 13  # 2.5·40/8
     plain = load_config("configs/tiny.yaml", [])
     assert resolve_epochs(plain, manifest, 1) is plain
+
+
+def _bench(*args: str, work: Path) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, str(BENCH), "--dry-run", "--work", str(work), *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+
+
+def test_bench_runs_a_recipe_variant_as_one_more_method(tmp_path: Path) -> None:
+    """`--method NAME OVERRIDE...` adds a method; the dry run lists every job and prepares nothing."""
+    result = _bench(
+        *("--quick", "--families", "latency", "--methods", "ridge"),
+        *("--method", "shift1", "model.encoder.augment_shift=1", "experiment.seed=1"),
+        work=tmp_path / "work",
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = [line.split() for line in result.stdout.splitlines()]
+    assert [r[:3] for r in rows] == [
+        ["latency-small", "ridge", "intra"],
+        ["latency-small", "ridge", "loso-3"],
+        ["latency-small", "shift1", "intra"],
+        ["latency-small", "shift1", "loso-3"],
+    ]
+    assert rows[2][3:] == ["model.encoder.augment_shift=1", "experiment.seed=1"]
+    assert not (tmp_path / "work").exists()
+
+
+def test_bench_names_the_known_methods_for_an_unknown_one(tmp_path: Path) -> None:
+    result = _bench("--methods", "ridge", "nope", work=tmp_path / "work")
+    assert result.returncode != 0
+    assert "unknown method(s) ['nope']" in result.stderr and "'atms'" in result.stderr
 
 
 def test_evaluate_decoding_checks_report_ridge_and_collapse(tiny_shards: list[str]) -> None:
