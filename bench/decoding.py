@@ -23,6 +23,7 @@ datasets).
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing
 import os
 import subprocess
@@ -156,9 +157,16 @@ def train_model(
     if subjects is not None:
         extra.append(f"train.subjects={subjects}")
     cfg = load_config(RECIPE, [*ds.overrides, *extra])
+    record = out / "overrides.json"  # what the cached model was trained with
     if (out / "model").exists():
+        if record.exists() and json.loads(record.read_text()) != method:
+            raise SystemExit(
+                f"{out}: a model trained with overrides {json.loads(record.read_text())} is "
+                f"cached under this method name, asked for {method}; use another name or --work"
+            )
         return SGDM.from_pretrained(out / "model")
     result = train(cfg)
+    record.write_text(json.dumps(method))
     return SGDM.from_pretrained(result.model_dir)
 
 

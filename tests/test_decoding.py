@@ -3,6 +3,8 @@ scored in the space the model was trained in, and collapse is visible."""
 
 from __future__ import annotations
 
+import importlib.util
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -165,6 +167,23 @@ def test_bench_names_the_known_methods_for_an_unknown_one(tmp_path: Path) -> Non
     result = _bench("--methods", "ridge", "nope", work=tmp_path / "work")
     assert result.returncode != 0
     assert "unknown method(s) ['nope']" in result.stderr and "'atms'" in result.stderr
+
+
+def test_bench_refuses_a_cached_model_trained_with_other_overrides(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A method name reused with different overrides must not silently score the old model."""
+    spec = importlib.util.spec_from_file_location("bench_decoding", BENCH)
+    bench = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, bench)  # dataclasses look their module up
+    monkeypatch.setattr(os, "environ", dict(os.environ))  # its thread defaults stay in this test
+    spec.loader.exec_module(bench)
+    ds = bench.make_dataset("additive", "mini", tmp_path, seed=0, prepare=False)
+    run = ds.root / "runs" / "shift1"
+    (run / "model").mkdir(parents=True)
+    (run / "overrides.json").write_text('["model.encoder.augment_shift=3"]')
+    with pytest.raises(SystemExit, match=r"augment_shift=3.*asked for.*augment_shift=1"):
+        bench.train_model(ds, ["model.encoder.augment_shift=1"], "shift1", None)
 
 
 def test_evaluate_decoding_checks_report_ridge_and_collapse(tiny_shards: list[str]) -> None:
