@@ -159,10 +159,11 @@ def train_model(
     cfg = load_config(RECIPE, [*ds.overrides, *extra])
     record = out / "overrides.json"  # what the cached model was trained with
     if (out / "model").exists():
-        if record.exists() and json.loads(record.read_text()) != method:
+        cached = json.loads(record.read_text()) if record.exists() else method  # older caches: none
+        if cached != method:
             raise SystemExit(
-                f"{out}: a model trained with overrides {json.loads(record.read_text())} is "
-                f"cached under this method name, asked for {method}; use another name or --work"
+                f"{out}: a model trained with overrides {cached} is cached under this method "
+                f"name, asked for {method}; use another name or --work"
             )
         return SGDM.from_pretrained(out / "model")
     result = train(cfg)
