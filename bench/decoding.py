@@ -46,6 +46,7 @@ from sgdm_dist.baselines.model_space import centred_candidates, predict_centred
 from sgdm_dist.baselines.ridge import RidgeDecoder
 from sgdm_dist.baselines.scoring import score_decoder
 from sgdm_dist.config import Config, load_config
+from sgdm_dist.data.io import atomic_write_json
 from sgdm_dist.utils.threads import usable_cores
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -138,16 +139,10 @@ def ridge_scores(train: SplitArrays, test: SplitArrays, test_ids: np.ndarray) ->
     return score_decoder(pred, test.image_index[keep], test.image_ids, ridge.center(test.clip))
 
 
-def train_model(
-    ds: Dataset, method: list[str], run: str, subjects: list[int] | None
-) -> torch.nn.Module:
-    """Train ``method`` (config overrides) with ``sgdm_dist.training.loop.train`` in this process."""
-    from sgdm_dist.models import SGDM
-    from sgdm_dist.training.loop import train
-
-    out = ds.root / "runs" / run
+def run_config(ds: Dataset, method: list[str], run: str, subjects: list[int] | None) -> Config:
+    """The config ``method`` (overrides of RECIPE) trains with on ``ds``, in ``runs/<run>``."""
     extra = [
-        f"experiment.output_dir={out}",
+        f"experiment.output_dir={ds.root / 'runs' / run}",
         "experiment.tracking=false",
         "train.diffusion_steps=0",
         "train.recon_images=0",
@@ -156,19 +151,57 @@ def train_model(
     ]
     if subjects is not None:
         extra.append(f"train.subjects={subjects}")
-    cfg = load_config(RECIPE, [*ds.overrides, *extra])
-    record = out / "overrides.json"  # what the cached model was trained with
+    return load_config(RECIPE, [*ds.overrides, *extra])
+
+
+def recipe_record(cfg: Config) -> dict:
+    """What a cached model is checked against: the whole resolved config, flat, so an edit of the
+    recipe file (configs/decoding.yaml) invalidates the cache as surely as other overrides do."""
+    recipe = json.loads(json.dumps(cfg.flat(), default=str))  # {"train.lr": 0.001, ...}
+    del recipe["experiment.output_dir"]  # the run's own folder: renaming it changes no model
+    return recipe
+
+
+def train_model(
+    ds: Dataset, method: list[str], run: str, subjects: list[int] | None
+) -> torch.nn.Module:
+    """Train ``method`` (config overrides) with ``sgdm_dist.training.loop.train`` in this process,
+    or load the model cached in ``runs/<run>`` when it was trained with the same recipe."""
+    from sgdm_dist.models import SGDM
+    from sgdm_dist.training.loop import train
+
+    cfg = run_config(ds, method, run, subjects)
+    recipe, out = recipe_record(cfg), cfg.experiment.output_dir
+    record = out / "recipe.json"
+    if record.exists() or (out / "model").exists():  # a finished or an interrupted run
+        _check_cached(record, recipe, method)
     if (out / "model").exists():
-        cached = json.loads(record.read_text()) if record.exists() else method  # older caches: none
-        if cached != method:
-            raise SystemExit(
-                f"{out}: a model trained with overrides {cached} is cached under this method "
-                f"name, asked for {method}; use another name or --work"
-            )
         return SGDM.from_pretrained(out / "model")
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(record, recipe)  # first: a model folder never lacks its recipe
     result = train(cfg)
-    record.write_text(json.dumps(method))
     return SGDM.from_pretrained(result.model_dir)
+
+
+def _check_cached(record: Path, recipe: dict, method: list[str]) -> None:
+    """Refuse a cached model unless ``record`` (its resolved config) equals ``recipe``."""
+    if not record.exists():
+        raise SystemExit(
+            f"{record.parent}: a cached model without {record.name} (what it was trained with "
+            "is unknown); delete the folder or use another --work"
+        )
+    cached = json.loads(record.read_text())
+    changed = [
+        f"{key} {cached.get(key)!r} → {recipe.get(key)!r}"
+        for key in sorted(set(cached) | set(recipe))
+        if key not in cached or key not in recipe or cached[key] != recipe[key]
+    ]
+    if changed:
+        raise SystemExit(
+            f"{record.parent}: the cached model was trained with another recipe "
+            f"({'; '.join(changed[:6])}; asked for overrides {method}); use another method "
+            "name or --work, or delete the folder"
+        )
 
 
 def model_scores(model, test: SplitArrays, test_ids: np.ndarray, unseen: bool) -> dict:

@@ -19,6 +19,23 @@ os.environ.pop("MLFLOW_TRACKING_URI", None)
 REPO = Path(__file__).resolve().parents[1]
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist (``-n``, pyproject.toml), pin worker i to its share of the cores.
+
+    Every process a test starts inherits the affinity, and the project sizes its thread pools from
+    it (sgdm_dist/utils/threads.py), so N workers never run more busy threads than cores. Runs before
+    any test module imports torch, whose pools are sized on first use.
+    """
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")  # "gw0", "gw1", ... in a worker
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if not worker.startswith("gw") or count < 2 or not hasattr(os, "sched_setaffinity"):
+        return
+    cores = sorted(os.sched_getaffinity(0))
+    share = cores[int(worker[2:]) :: count]
+    if share:
+        os.sched_setaffinity(0, share)
+
+
 @pytest.fixture(autouse=True)
 def _no_leaked_tracking_uri() -> Iterator[None]:
     """``mlflow.set_tracking_uri`` exports MLFLOW_TRACKING_URI; a test that calls it must not send

@@ -4,6 +4,7 @@ scored in the space the model was trained in, and collapse is visible."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -169,10 +170,11 @@ def test_bench_names_the_known_methods_for_an_unknown_one(tmp_path: Path) -> Non
     assert "unknown method(s) ['nope']" in result.stderr and "'atms'" in result.stderr
 
 
-def test_bench_refuses_a_cached_model_trained_with_other_overrides(
+def test_bench_refuses_a_cached_model_trained_with_another_recipe(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A method name reused with different overrides must not silently score the old model."""
+    """A method name reused with other overrides, or after the recipe file changed, must not
+    silently score the old model; the same recipe in a renamed folder is reused."""
     spec = importlib.util.spec_from_file_location("bench_decoding", BENCH)
     bench = importlib.util.module_from_spec(spec)
     monkeypatch.setitem(sys.modules, spec.name, bench)  # dataclasses look their module up
@@ -181,9 +183,27 @@ def test_bench_refuses_a_cached_model_trained_with_other_overrides(
     ds = bench.make_dataset("additive", "mini", tmp_path, seed=0, prepare=False)
     run = ds.root / "runs" / "shift1"
     (run / "model").mkdir(parents=True)
-    (run / "overrides.json").write_text('["model.encoder.augment_shift=3"]')
-    with pytest.raises(SystemExit, match=r"augment_shift=3.*asked for.*augment_shift=1"):
+    with pytest.raises(SystemExit, match=r"without recipe.json"):  # an older bench's cache
         bench.train_model(ds, ["model.encoder.augment_shift=1"], "shift1", None)
+
+    cfg = bench.run_config(ds, ["model.encoder.augment_shift=3"], "shift1", None)
+    recipe = bench.recipe_record(cfg)
+    (run / "recipe.json").write_text(json.dumps(recipe))
+    with pytest.raises(SystemExit, match=r"augment_shift 3 → 1.*asked for.*augment_shift=1"):
+        bench.train_model(ds, ["model.encoder.augment_shift=1"], "shift1", None)
+
+    # The recipe file itself changed (here: a value the recipe sets, as an edit would change it).
+    (run / "recipe.json").write_text(json.dumps({**recipe, "train.align_epochs": 7}))
+    with pytest.raises(SystemExit, match=r"train.align_epochs 7 → 30"):
+        bench.train_model(ds, ["model.encoder.augment_shift=3"], "shift1", None)
+
+    (run / "recipe.json").write_text(json.dumps(recipe))
+    build_model(cfg.model, n_channels=4, n_times=20, n_subjects=3).save_pretrained(run / "model")
+    run.rename(
+        run.with_name("shift3")
+    )  # the right recipe under its right name: reused, not retrained
+    cached = bench.train_model(ds, ["model.encoder.augment_shift=3"], "shift3", None)
+    assert (cached.n_channels, cached.n_times) == (4, 20)
 
 
 def test_evaluate_decoding_checks_report_ridge_and_collapse(tiny_shards: list[str]) -> None:
