@@ -15,6 +15,8 @@ from the *training* concepts: the test split is read only to score.
     python bench/decoding.py                  # the full table of docs/decoding.md
     python bench/decoding.py --quick --methods default --method shift1 model.encoder.augment_shift=1
                                               # a variant of the recipe as one more method
+    python bench/decoding.py --quick --train-seeds 3   # each method at 3 training seeds; the
+                                              # summary compares the default's mean over them
 
 The last line is ``decoding: default/ridge top-1 ratio min=<x>`` (single-trial, intra-subject, over
 datasets).
@@ -45,6 +47,7 @@ from sgdm_dist.baselines.arrays import SplitArrays, load_split
 from sgdm_dist.baselines.model_space import centred_candidates, predict_centred
 from sgdm_dist.baselines.ridge import RidgeDecoder
 from sgdm_dist.baselines.scoring import score_decoder
+from sgdm_dist.baselines.table import HEADER, format_row, pool_subjects, summary, table_row
 from sgdm_dist.config import Config, load_config
 from sgdm_dist.data.io import atomic_write_json
 from sgdm_dist.utils.threads import usable_cores
@@ -239,6 +242,7 @@ class Job:
     method: str
     overrides: tuple[str, ...] = ()
     held: int | None = None  # None: intra-subject
+    base: str = ""  # the method this is a training seed of (--train-seeds), "" for itself
 
     @property
     def setting(self) -> str:
@@ -260,7 +264,7 @@ def run_job(job: Job) -> dict:
         per = [
             ridge_scores(subset(train, train.subject == s), test, np.array([s])) for s in subjects
         ]
-        scores = {m: _pool([p[m] for p in per]) for m in ("single", "averaged")}
+        scores = {m: pool_subjects([p[m] for p in per]) for m in ("single", "averaged")}
     elif job.method == "ridge":
         scores = ridge_scores(subset(train, train.subject != held), test, np.array([held]))
     elif held is None:
@@ -270,7 +274,8 @@ def run_job(job: Job) -> dict:
         rest = [s for s in subjects if s != held]
         model = train_model(job.ds, list(job.overrides), f"{job.method}-loso{held}", rest)
         scores = model_scores(model, test, np.array([held]), unseen=True)
-    return _row(job.ds, job.method, job.setting, scores, time.perf_counter() - t0)
+    seconds = time.perf_counter() - t0
+    return table_row(job.ds.name, job.method, job.base or job.method, job.setting, scores, seconds)
 
 
 def _worker_init(threads: int) -> None:
@@ -295,45 +300,8 @@ def run_jobs(jobs: list[Job], workers: int) -> list[dict]:
         for done in tqdm(
             as_completed(futures.values()), total=len(jobs), desc="decoding", unit="job"
         ):
-            print(_fmt(done.result()), file=sys.stderr, flush=True)
+            print(format_row(done.result()), file=sys.stderr, flush=True)
         return [futures[i].result() for i in range(len(jobs))]
-
-
-def _pool(parts: list[dict[str, float]]) -> dict[str, float]:
-    """Per-subject scores → pooled over subjects (equal trial counts: mean; s.e. of the pool)."""
-    n = sum(p["n"] for p in parts)
-    out = {k: float(np.mean([p[k] for p in parts])) for k in parts[0]}
-    for k in ("top1", "top5"):
-        out[f"{k}_se"] = (out[k] * (1 - out[k]) / n) ** 0.5
-    out["n"] = n
-    return out
-
-
-def _row(ds: Dataset, method: str, setting: str, scores: dict, seconds: float) -> dict:
-    row = {"dataset": ds.name, "method": method, "setting": setting, "seconds": seconds}
-    for mode in ("single", "averaged"):
-        for k, v in scores[mode].items():
-            row[f"{mode}_{k}"] = v
-    return row
-
-
-HEADER = (
-    f"{'dataset':<18} {'method':<15} {'setting':<8} "
-    f"{'single top-1':>15} {'single top-5':>15} {'avg top-1':>15} {'avg top-5':>15} "
-    f"{'hubs':>5} {'pw-cos':>6} {'chance':>6} {'s':>5}"
-)
-
-
-def _fmt(r: dict) -> str:
-    def pm(key: str) -> str:
-        return f"{r[key]:.3f}±{r[key + '_se']:.3f}"
-
-    return (
-        f"{r['dataset']:<18} {r['method']:<15} {r['setting']:<8} "
-        f"{pm('single_top1'):>15} {pm('single_top5'):>15} {pm('averaged_top1'):>15} "
-        f"{pm('averaged_top5'):>15} {r['single_distinct_top1']:>5.0f} "
-        f"{r['single_pairwise_cos']:>6.2f} {r['single_chance_top1']:>6.3f} {r['seconds']:>5.0f}"
-    )
 
 
 def method_table(args: argparse.Namespace) -> dict[str, list[str]]:
@@ -368,11 +336,21 @@ def plan(args: argparse.Namespace, workers: int) -> list[Job]:
         job
         for ds in datasets
         for method, overrides in methods.items()
+        for name, seeded in with_seeds(method, overrides, args.train_seeds)
         for job in (
-            Job(ds, method, tuple(overrides)),
-            *(Job(ds, method, tuple(overrides), k) for k in folds),
+            Job(ds, name, seeded, base=method),
+            *(Job(ds, name, seeded, k, base=method) for k in folds),
         )
     ]
+
+
+def with_seeds(method: str, overrides: list[str], n: int) -> list[tuple[str, tuple[str, ...]]]:
+    """``method`` at training seeds 0..n-1: seed 0 is the method itself, seed k is ``METHOD-sK``
+    with ``experiment.seed=K`` (ridge has no seed: one run)."""
+    runs = [(method, tuple(overrides))]
+    if method != "ridge":
+        runs += [(f"{method}-s{k}", (*overrides, f"experiment.seed={k}")) for k in range(1, n)]
+    return runs
 
 
 def _cost(job: Job) -> int:
@@ -381,24 +359,6 @@ def _cost(job: Job) -> int:
         return 0  # seconds
     size = 10 if job.ds.size == "large" else 1  # epochs are fixed: time grows with the data
     return size * (3 if job.held is None else 2)  # intra trains on 3 subjects, LOSO on 2
-
-
-def summary(rows: list[dict]) -> list[str]:
-    """The two last lines: default's LOSO top-1 over chance and default/ridge, minima over datasets."""
-    intra = {(r["dataset"], r["method"]): r for r in rows if r["setting"] == "intra"}
-    ratios = [
-        r["single_top1"] / max(intra[(d, "ridge")]["single_top1"], 1e-9)
-        for (d, m), r in intra.items()
-        if m == "default" and (d, "ridge") in intra
-    ]
-    loso = [
-        r["single_top1"] / r["single_chance_top1"]
-        for r in rows
-        if r["method"] == "default" and r["setting"].startswith("loso")
-    ]
-    lines = [f"decoding: default LOSO top-1 / chance min={min(loso):.2f}"] if loso else []
-    ratio = min(ratios) if ratios else float("nan")
-    return [*lines, f"decoding: default/ridge top-1 ratio min={ratio:.2f}"]
 
 
 def main() -> int:
@@ -418,7 +378,14 @@ def main() -> int:
     )
     parser.add_argument("--families", nargs="*", default=list(FAMILIES))
     parser.add_argument("--sizes", nargs="*", default=None)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="the datasets' generator seed")
+    parser.add_argument(
+        "--train-seeds",
+        type=int,
+        default=1,
+        help="train every method at seeds 0..N-1 (rows METHOD, METHOD-s1, ...); the summary "
+        "lines compare the default's mean over them",
+    )
     parser.add_argument("--jobs", type=int, default=None, help="worker processes; default: cores")
     parser.add_argument(
         "--dry-run",
@@ -434,7 +401,7 @@ def main() -> int:
         return 0
     rows = run_jobs(jobs, workers)
     print(HEADER)
-    print("\n".join(_fmt(r) for r in rows))
+    print("\n".join(format_row(r) for r in rows))
     print("\n".join(summary(rows)))
     return 0
 

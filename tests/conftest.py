@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Under pytest-xdist (``-n``, pyproject.toml), pin worker i to its share of the cores.
+    """Under pytest-xdist (``pytest -n 2 --dist loadfile``), pin worker i to its share of the cores.
 
     Every process a test starts inherits the affinity, and the project sizes its thread pools from
     it (sgdm_dist/utils/threads.py), so N workers never run more busy threads than cores. Runs before

@@ -146,10 +146,11 @@ def _bench(*args: str, work: Path) -> subprocess.CompletedProcess[str]:
 
 
 def test_bench_runs_a_recipe_variant_as_one_more_method(tmp_path: Path) -> None:
-    """`--method NAME OVERRIDE...` adds a method; the dry run lists every job and prepares nothing."""
+    """`--method NAME OVERRIDE...` adds a method, `--train-seeds 2` a second training seed of each
+    (not of ridge); the dry run lists every job and prepares nothing."""
     result = _bench(
-        *("--quick", "--families", "latency", "--methods", "ridge"),
-        *("--method", "shift1", "model.encoder.augment_shift=1", "experiment.seed=1"),
+        *("--quick", "--families", "latency", "--methods", "ridge", "--train-seeds", "2"),
+        *("--method", "shift1", "model.encoder.augment_shift=1"),
         work=tmp_path / "work",
     )
     assert result.returncode == 0, result.stderr[-2000:]
@@ -159,9 +160,43 @@ def test_bench_runs_a_recipe_variant_as_one_more_method(tmp_path: Path) -> None:
         ["latency-small", "ridge", "loso-3"],
         ["latency-small", "shift1", "intra"],
         ["latency-small", "shift1", "loso-3"],
+        ["latency-small", "shift1-s1", "intra"],
+        ["latency-small", "shift1-s1", "loso-3"],
     ]
-    assert rows[2][3:] == ["model.encoder.augment_shift=1", "experiment.seed=1"]
+    assert rows[2][3:] == ["model.encoder.augment_shift=1"]
+    assert rows[5][3:] == ["model.encoder.augment_shift=1", "experiment.seed=1"]
     assert not (tmp_path / "work").exists()
+
+
+def test_bench_summary_compares_the_mean_over_training_seeds() -> None:
+    """One lucky seed must not carry the headline: the summary divides seed means."""
+    from sgdm_dist.baselines.table import summary
+
+    def row(dataset: str, method: str, base: str, setting: str, top1: float) -> dict:
+        return {"dataset": dataset, "method": method, "base": base, "setting": setting,
+                "single_top1": top1, "single_chance_top1": 0.02}  # fmt: skip
+
+    rows = [
+        row("a", "ridge", "ridge", "intra", 0.04),
+        row("a", "default", "default", "intra", 0.08),  # 2.0x alone
+        row("a", "default-s1", "default", "intra", 0.04),  # mean 0.06: 1.5x
+        row("b", "ridge", "ridge", "intra", 0.05),
+        row("b", "default", "default", "intra", 0.06),
+        row("b", "default-s1", "default", "intra", 0.07),  # mean 0.065: 1.3x, the minimum
+        row("b", "default", "default", "loso-3", 0.05),
+        row("b", "default-s1", "default", "loso-3", 0.03),  # mean 0.04: 2.0x chance
+        row("b", "atms", "atms", "intra", 0.50),  # other methods do not enter
+    ]
+    assert summary(rows) == [
+        "decoding: default = the mean of 2 training seeds",
+        "decoding: default LOSO top-1 / chance min=2.000",
+        "decoding: default/ridge top-1 ratio min=1.300",
+    ]
+    assert summary(rows[:3])[-1] == "decoding: default/ridge top-1 ratio min=1.500"
+    assert summary([r for r in rows if r["method"] != "default-s1"]) == [
+        "decoding: default LOSO top-1 / chance min=2.500",
+        "decoding: default/ridge top-1 ratio min=1.200",
+    ]
 
 
 def test_bench_names_the_known_methods_for_an_unknown_one(tmp_path: Path) -> None:
