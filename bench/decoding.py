@@ -393,6 +393,8 @@ def main() -> int:
         help="list the jobs (and overrides); prepare and train nothing",
     )
     args = parser.parse_args()
+    if args.train_seeds < 1:
+        parser.error(f"--train-seeds must be at least 1, got {args.train_seeds}")
     workers = args.jobs or usable_cores()
     jobs = plan(args, workers)
     if args.dry_run:
