@@ -160,7 +160,7 @@ def run_config(ds: Dataset, method: list[str], run: str, subjects: list[int] | N
 def recipe_record(cfg: Config) -> dict:
     """What a cached model is checked against: the whole resolved config, flat, so an edit of the
     recipe file (configs/decoding.yaml) invalidates the cache as surely as other overrides do."""
-    recipe = json.loads(json.dumps(cfg.flat(), default=str))  # {"train.lr": 0.001, ...}
+    recipe = cfg.flat()  # {"train.lr": 0.001, ...}, JSON values (Config.to_dict)
     del recipe["experiment.output_dir"]  # the run's own folder: renaming it changes no model
     return recipe
 

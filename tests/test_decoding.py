@@ -234,9 +234,8 @@ def test_bench_refuses_a_cached_model_trained_with_another_recipe(
 
     (run / "recipe.json").write_text(json.dumps(recipe))
     build_model(cfg.model, n_channels=4, n_times=20, n_subjects=3).save_pretrained(run / "model")
-    run.rename(
-        run.with_name("shift3")
-    )  # the right recipe under its right name: reused, not retrained
+    # The right recipe under its right name, in a renamed folder: reused, not retrained.
+    run.rename(run.with_name("shift3"))
     cached = bench.train_model(ds, ["model.encoder.augment_shift=3"], "shift3", None)
     assert (cached.n_channels, cached.n_times) == (4, 20)
 

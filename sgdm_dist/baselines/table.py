@@ -33,8 +33,13 @@ def table_row(
     dataset: str, method: str, base: str, setting: str, scores: dict, seconds: float
 ) -> dict:
     """One row: ``scores`` {"single": {...}, "averaged": {...}} flattened as ``single_top1``, ..."""
-    row = {"dataset": dataset, "method": method, "base": base, "setting": setting}
-    row["seconds"] = seconds
+    row = {
+        "dataset": dataset,
+        "method": method,
+        "base": base,
+        "setting": setting,
+        "seconds": seconds,
+    }
     for mode in ("single", "averaged"):
         for k, v in scores[mode].items():
             row[f"{mode}_{k}"] = v
@@ -57,7 +62,7 @@ def seed_means(rows: list[dict], base: str) -> dict[tuple[str, str], float]:
     """(dataset, setting) → single-trial top-1 of method ``base``, averaged over its seeds."""
     seen: dict[tuple[str, str], list[float]] = defaultdict(list)
     for r in rows:
-        if r.get("base", r["method"]) == base:
+        if r["base"] == base:
             seen[(r["dataset"], r["setting"])].append(r["single_top1"])
     return {key: float(np.mean(v)) for key, v in seen.items()}
 
@@ -68,7 +73,7 @@ def summary(rows: list[dict]) -> list[str]:
     a goal such as 1.3 is not met by a 1.297 that two decimals would print as 1.30."""
     default, ridge = seed_means(rows, "default"), seed_means(rows, "ridge")
     chance = {(r["dataset"], r["setting"]): r["single_chance_top1"] for r in rows}
-    n_seeds = len({r["method"] for r in rows if r.get("base", r["method"]) == "default"})
+    n_seeds = len({r["method"] for r in rows if r["base"] == "default"})
     ratios = [
         top1 / max(ridge[key], 1e-9)
         for key, top1 in default.items()
