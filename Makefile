@@ -42,9 +42,13 @@ system-deps:
 demo: install
 	$(BIN)/sgdm demo configs/demo.yaml
 
+# One pytest-xdist worker per core, a whole test file per worker (tests share per-file fixtures);
+# tests/conftest.py pins each worker to its core. PYTEST_WORKERS=0 runs serially.
+PYTEST_WORKERS ?= $(shell nproc)
+
 # pytest exit 5 means "no tests collected": say so and fail, an empty run proves nothing.
 test: install system-deps lint
-	rc=0; $(BIN)/pytest $(PYTEST_ARGS) || rc=$$?; \
+	rc=0; $(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS) || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
 lint: install

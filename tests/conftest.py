@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from collections.abc import Iterator
@@ -36,14 +37,51 @@ def pytest_configure(config: pytest.Config) -> None:
         os.sched_setaffinity(0, share)
 
 
+# MLflow reads these only from the environment, so the project's Tracker sets them in-process
+# (sgdm_dist/utils/tracking.py: no MLflow retries, a 5 s timeout).
+MLFLOW_HTTP_VARS = ("MLFLOW_HTTP_REQUEST_TIMEOUT", "MLFLOW_HTTP_REQUEST_MAX_RETRIES")
+
+
 @pytest.fixture(autouse=True)
-def _no_leaked_tracking_uri() -> Iterator[None]:
+def _no_leaked_tracking_env() -> Iterator[None]:
     """``mlflow.set_tracking_uri`` exports MLFLOW_TRACKING_URI; a test that calls it must not send
-    every later subprocess's runs to its store."""
+    every later subprocess's runs to its store. A Tracker's HTTP bounds must not leak either: a later
+    test's plain MlflowClient would give up after 5 s without retrying (seen under pytest-xdist)."""
+    saved = {name: os.environ.get(name) for name in MLFLOW_HTTP_VARS}
     yield
     if "mlflow" in sys.modules:  # resets MLflow's in-process URI too, which outranks the variable
         sys.modules["mlflow"].set_tracking_uri(None)
     os.environ.pop("MLFLOW_TRACKING_URI", None)
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
+# The longest files (docs/benchmarks.md, "Test suite"), collected first: pytest-xdist hands whole
+# files to workers in collection order, so a long file handed out last would run alone at the end.
+LONG_FILES = ("test_docs.py", "test_train_equivalence.py", "test_demo.py", "test_tune.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Long files first, everything else in its usual order (a stable sort)."""
+    items.sort(key=lambda item: item.path.name not in LONG_FILES)
+
+
+@pytest.fixture(autouse=True)
+def _no_leaked_root_handler() -> Iterator[None]:
+    """A test that configures logging in-process (``setup_logging``, a library's ``basicConfig``)
+    leaves a root handler bound to that test's captured stderr, which is closed afterwards: every
+    later in-process log line in the same worker then prints "--- Logging error ---". Handlers a
+    test adds to the root logger are removed after it (pytest's own capture handlers are not ours)."""
+    root = logging.getLogger()
+    before, level = set(root.handlers), root.level
+    yield
+    for handler in list(root.handlers):
+        if handler not in before and not type(handler).__module__.startswith("_pytest"):
+            root.removeHandler(handler)
+    root.setLevel(level)
 
 
 @pytest.fixture
