@@ -43,18 +43,20 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from sgdm_dist.baselines.arrays import SplitArrays, load_split
+from sgdm_dist.baselines.arrays import SplitArrays, align_held_out, load_split
 from sgdm_dist.baselines.model_space import centred_candidates, predict_centred
 from sgdm_dist.baselines.ridge import RidgeDecoder
 from sgdm_dist.baselines.scoring import score_decoder
 from sgdm_dist.baselines.table import HEADER, format_row, pool_subjects, summary, table_row
 from sgdm_dist.config import Config, load_config
 from sgdm_dist.data.io import atomic_write_json
+from sgdm_dist.data.manifest import read_manifest
 from sgdm_dist.utils.threads import usable_cores
 
 ROOT = Path(__file__).resolve().parent.parent
 BASE = ROOT / "configs" / "tiny.yaml"  # data and model sizes; methods add their recipe below
 RECIPE = ROOT / "configs" / "decoding.yaml"
+ALIGN_MAX_LAG_S = 0.04  # --align-unseen: ±40 ms, 2.7 s.d. of the latency family's subject shifts
 
 # Generative families: what drives the response, waveforms, subject differences, noise and SNR.
 FAMILIES: dict[str, list[str]] = {
@@ -243,10 +245,13 @@ class Job:
     overrides: tuple[str, ...] = ()
     held: int | None = None  # None: intra-subject
     base: str = ""  # the method this is a training seed of (--train-seeds), "" for itself
+    align_s: float = 0.0  # --align-unseen: the held-out subject's largest latency shift (s)
 
     @property
     def setting(self) -> str:
-        return "intra" if self.held is None else f"loso-{self.held}"
+        if self.held is None:
+            return "intra"
+        return f"loso-{self.held}" + ("+al" if self.align_s else "")
 
 
 def run_job(job: Job) -> dict:
@@ -260,6 +265,9 @@ def run_job(job: Job) -> dict:
         return SplitArrays(a.eeg[keep], a.subject[keep], a.image_index[keep], a.image_ids, a.clip)
 
     held = job.held
+    if held is not None and job.align_s:  # the same trained model, the held-out trials shifted
+        sfreq = read_manifest(cfg.data.shard_dir).sfreq
+        test = align_held_out(train, test, held, sfreq, job.align_s)
     if job.method == "ridge" and held is None:  # one ridge per subject, as the papers' baselines
         per = [
             ridge_scores(subset(train, train.subject == s), test, np.array([s])) for s in subjects
@@ -339,7 +347,7 @@ def plan(args: argparse.Namespace, workers: int) -> list[Job]:
         for name, seeded in with_seeds(method, overrides, args.train_seeds)
         for job in (
             Job(ds, name, seeded, base=method),
-            *(Job(ds, name, seeded, k, base=method) for k in folds),
+            *(Job(ds, name, seeded, k, base=method, align_s=args.align_unseen) for k in folds),
         )
     ]
 
@@ -385,6 +393,17 @@ def main() -> int:
         default=1,
         help="train every method at seeds 0..N-1 (rows METHOD, METHOD-s1, ...); the summary "
         "lines compare the default's mean over them",
+    )
+    parser.add_argument(
+        "--align-unseen",
+        type=float,
+        nargs="?",
+        const=ALIGN_MAX_LAG_S,
+        default=0.0,
+        metavar="SECONDS",
+        help="leave-one-subject-out: shift the held-out subject's trials to the training "
+        f"subjects' evoked response first, by up to SECONDS (default {ALIGN_MAX_LAG_S}); the "
+        "settings read loso-K+al",
     )
     parser.add_argument("--jobs", type=int, default=None, help="worker processes; default: cores")
     parser.add_argument(

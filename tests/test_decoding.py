@@ -147,21 +147,22 @@ def _bench(*args: str, work: Path) -> subprocess.CompletedProcess[str]:
 
 def test_bench_runs_a_recipe_variant_as_one_more_method(tmp_path: Path) -> None:
     """`--method NAME OVERRIDE...` adds a method, `--train-seeds 2` a second training seed of each
-    (not of ridge); the dry run lists every job and prepares nothing."""
+    (not of ridge), `--align-unseen` marks the LOSO folds it aligns; the dry run lists every job and
+    prepares nothing."""
     result = _bench(
         *("--quick", "--families", "latency", "--methods", "ridge", "--train-seeds", "2"),
-        *("--method", "shift1", "model.encoder.augment_shift=1"),
+        *("--method", "shift1", "model.encoder.augment_shift=1", "--align-unseen"),
         work=tmp_path / "work",
     )
     assert result.returncode == 0, result.stderr[-2000:]
     rows = [line.split() for line in result.stdout.splitlines()]
     assert [r[:3] for r in rows] == [
         ["latency-small", "ridge", "intra"],
-        ["latency-small", "ridge", "loso-3"],
+        ["latency-small", "ridge", "loso-3+al"],
         ["latency-small", "shift1", "intra"],
-        ["latency-small", "shift1", "loso-3"],
+        ["latency-small", "shift1", "loso-3+al"],
         ["latency-small", "shift1-s1", "intra"],
-        ["latency-small", "shift1-s1", "loso-3"],
+        ["latency-small", "shift1-s1", "loso-3+al"],
     ]
     assert rows[2][3:] == ["model.encoder.augment_shift=1"]
     assert rows[5][3:] == ["model.encoder.augment_shift=1", "experiment.seed=1"]
@@ -196,6 +197,11 @@ def test_bench_summary_compares_the_mean_over_training_seeds() -> None:
     assert summary([r for r in rows if r["method"] != "default-s1"]) == [
         "decoding: default LOSO top-1 / chance min=2.500",
         "decoding: default/ridge top-1 ratio min=1.200",
+    ]
+    aligned = [{**r, "setting": r["setting"].replace("loso-3", "loso-3+al")} for r in rows]
+    assert summary(aligned)[1:3] == [
+        "decoding: LOSO subjects latency-aligned to the training subjects (+al)",
+        "decoding: default LOSO top-1 / chance min=2.000",
     ]
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from sgdm_dist.config import Config
+from sgdm_dist.data.latency import align_latency
 from sgdm_dist.data.loader import make_loader
 from sgdm_dist.data.splits import split_image_embeddings
 
@@ -42,3 +43,16 @@ def load_split(cfg: Config, split: str, subjects: list[int] | None = None) -> Sp
         ids.numpy(),
         clip.numpy(),
     )
+
+
+def align_held_out(
+    train: SplitArrays, test: SplitArrays, held: int, sfreq: float, max_lag_s: float
+) -> SplitArrays:
+    """``test`` with subject ``held``'s trials shifted in time (by up to ``max_lag_s`` s at ``sfreq``
+    Hz) to the evoked response of ``train``'s other subjects (data/latency.py; no label used)."""
+    keep = test.subject == held
+    if not keep.any():
+        raise ValueError(f"no test trials of subject {held} to align")
+    eeg = test.eeg.copy()
+    eeg[keep], _ = align_latency(train.eeg[train.subject != held], eeg[keep], sfreq, max_lag_s)
+    return SplitArrays(eeg, test.subject, test.image_index, test.image_ids, test.clip)

@@ -81,6 +81,8 @@ def summary(rows: list[dict]) -> list[str]:
     ]
     loso = [top1 / chance[key] for key, top1 in default.items() if key[1].startswith("loso")]
     lines = [f"decoding: default = the mean of {n_seeds} training seeds"] if n_seeds > 1 else []
+    if any(key[1].endswith("+al") for key in default):
+        lines.append("decoding: LOSO subjects latency-aligned to the training subjects (+al)")
     if loso:
         lines.append(f"decoding: default LOSO top-1 / chance min={min(loso):.3f}")
     ratio = min(ratios) if ratios else float("nan")
