@@ -344,7 +344,7 @@ def plan(args: argparse.Namespace, workers: int) -> list[Job]:
         job
         for ds in datasets
         for method, overrides in methods.items()
-        for name, seeded in with_seeds(method, overrides, args.train_seeds)
+        for name, seeded in with_seeds(method, overrides, args.train_seeds, args.seed)
         for job in (
             Job(ds, name, seeded, base=method),
             *(Job(ds, name, seeded, k, base=method, align_s=args.align_unseen) for k in folds),
@@ -352,12 +352,18 @@ def plan(args: argparse.Namespace, workers: int) -> list[Job]:
     ]
 
 
-def with_seeds(method: str, overrides: list[str], n: int) -> list[tuple[str, tuple[str, ...]]]:
-    """``method`` at training seeds 0..n-1: seed 0 is the method itself, seed k is ``METHOD-sK``
-    with ``experiment.seed=K`` (ridge has no seed: one run)."""
+def with_seeds(
+    method: str, overrides: list[str], n: int, data_seed: int = 0
+) -> list[tuple[str, tuple[str, ...]]]:
+    """``method`` at n training seeds: the method itself trains at the datasets' seed (its
+    ``experiment.seed``), ``METHOD-sK`` at ``experiment.seed`` = that seed + K, so no two runs share
+    a seed whatever ``--seed`` is (ridge has no seed: one run)."""
     runs = [(method, tuple(overrides))]
     if method != "ridge":
-        runs += [(f"{method}-s{k}", (*overrides, f"experiment.seed={k}")) for k in range(1, n)]
+        runs += [
+            (f"{method}-s{k}", (*overrides, f"experiment.seed={data_seed + k}"))
+            for k in range(1, n)
+        ]
     return runs
 
 

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import pytest
@@ -169,6 +170,17 @@ def test_bench_runs_a_recipe_variant_as_one_more_method(tmp_path: Path) -> None:
     assert not (tmp_path / "work").exists()
 
 
+def test_bench_training_seeds_never_repeat_the_datasets_seed(bench: Any) -> None:
+    """The method itself trains at the datasets' seed (``experiment.seed`` of the dataset), so with
+    ``--seed 1`` a second training seed must be 2, not 1 again (a duplicate run, a false mean)."""
+    assert bench.with_seeds("default", [], 3, data_seed=1) == [
+        ("default", ()),
+        ("default-s1", ("experiment.seed=2",)),
+        ("default-s2", ("experiment.seed=3",)),
+    ]
+    assert bench.with_seeds("ridge", [], 3, data_seed=1) == [("ridge", ())]
+
+
 def test_bench_summary_compares_the_mean_over_training_seeds() -> None:
     """One lucky seed must not carry the headline: the summary divides seed means."""
     from sgdm_dist.baselines.table import summary
@@ -211,16 +223,22 @@ def test_bench_names_the_known_methods_for_an_unknown_one(tmp_path: Path) -> Non
     assert "unknown method(s) ['nope']" in result.stderr and "'atms'" in result.stderr
 
 
+@pytest.fixture
+def bench(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """bench/decoding.py imported as a module (it is a script, not a package member)."""
+    spec = importlib.util.spec_from_file_location("bench_decoding", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, module)  # dataclasses look their module up
+    monkeypatch.setattr(os, "environ", dict(os.environ))  # its thread defaults stay in this test
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_bench_refuses_a_cached_model_trained_with_another_recipe(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, bench: Any
 ) -> None:
     """A method name reused with other overrides, or after the recipe file changed, must not
     silently score the old model; the same recipe in a renamed folder is reused."""
-    spec = importlib.util.spec_from_file_location("bench_decoding", BENCH)
-    bench = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, bench)  # dataclasses look their module up
-    monkeypatch.setattr(os, "environ", dict(os.environ))  # its thread defaults stay in this test
-    spec.loader.exec_module(bench)
     ds = bench.make_dataset("additive", "mini", tmp_path, seed=0, prepare=False)
     run = ds.root / "runs" / "shift1"
     (run / "model").mkdir(parents=True)
