@@ -397,7 +397,8 @@ def main() -> int:
         "--train-seeds",
         type=int,
         default=1,
-        help="train every method at seeds 0..N-1 (rows METHOD, METHOD-s1, ...); the summary "
+        help="train every method at N seeds, the datasets' --seed + 0..N-1 (rows METHOD, "
+        "METHOD-s1, ...); the summary "
         "lines compare the default's mean over them",
     )
     parser.add_argument(
