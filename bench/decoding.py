@@ -184,7 +184,8 @@ def train_model(
         return SGDM.from_pretrained(out / "model")
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(record, recipe)  # first: a model folder never lacks its recipe
-    result = train(cfg)
+    # An interrupted run of this same recipe (checked above) continues from its last checkpoint.
+    result = train(cfg, resume="auto")
     return SGDM.from_pretrained(result.model_dir)
 
 
