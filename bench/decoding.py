@@ -220,13 +220,15 @@ def model_scores(model, test: SplitArrays, test_ids: np.ndarray, unseen: bool) -
 
 # Methods: "ridge" or config overrides on top of configs/decoding.yaml (the default recipe).
 METHODS: dict[str, list[str]] = {
-    "default": [],
+    "default": [],  # the ATMS encoder since 2026-12-07
+    "axial": ["model.encoder.kind=axial"],  # the default encoder before
     "nice": ["model.encoder.kind=nice"],
     "atms": ["model.encoder.kind=atms"],
     "eegnet": ["model.encoder.kind=eegnet"],
     "linear": ["model.encoder.kind=linear"],
     "reference": ["model.variant=reference"],  # configs/reference.yaml on the same recipe
     "axial-500steps": [  # the recipe before #13: fixed steps, last weights (scored in centred space)
+        "model.encoder.kind=axial",
         "train.align_epochs=null",
         "train.align_steps=500",
         "train.select_best=false",
