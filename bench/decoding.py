@@ -401,8 +401,7 @@ def main() -> int:
         type=int,
         default=1,
         help="train every method at N seeds, the datasets' --seed + 0..N-1 (rows METHOD, "
-        "METHOD-s1, ...); the summary "
-        "lines compare the default's mean over them",
+        "METHOD-s1, ...); the summary lines compare the default's mean over them",
     )
     parser.add_argument(
         "--align-unseen",
