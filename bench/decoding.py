@@ -337,7 +337,9 @@ def plan(args: argparse.Namespace, workers: int) -> list[Job]:
     in the table's order: dataset, method as asked, intra-subject before the LOSO folds."""
     sizes = args.sizes or (["small"] if args.quick else ["small", "large"])
     methods = method_table(args)
-    folds = [3] if args.quick else [1, 2, 3]
+    folds = args.loso_folds
+    if folds is None:
+        folds = [3] if args.quick else [1, 2, 3]
     wanted = [(family, size) for size in sizes for family in args.families]
     work, prepare = args.work.resolve(), not args.dry_run
     with ThreadPoolExecutor(workers) as pool:  # each `sgdm prepare` is a process of one thread
@@ -396,6 +398,16 @@ def main() -> int:
     parser.add_argument("--families", nargs="*", default=list(FAMILIES))
     parser.add_argument("--sizes", nargs="*", default=None)
     parser.add_argument("--seed", type=int, default=0, help="the datasets' generator seed")
+    parser.add_argument(
+        "--loso-folds",
+        type=int,
+        nargs="*",
+        choices=[1, 2, 3],
+        default=None,
+        metavar="K",
+        help="the held-out subjects of the leave-one-subject-out folds (default: 3 with --quick, "
+        "else 1 2 3; none given: no LOSO folds)",
+    )
     parser.add_argument(
         "--train-seeds",
         type=int,

@@ -16,19 +16,20 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.mark.slow
 def test_quick_demo_runs_the_whole_pipeline(tmp_path: Path) -> None:
+    # From another folder than the repository, with a relative config path and relative output
+    # paths inside it: every step must read and write where the user's folder says.
+    (tmp_path / "mine.yaml").write_text(
+        f"extends: {REPO / 'configs' / 'demo.yaml'}\n"
+        "experiment: {output_dir: demo}\n"
+        "data: {raw_dir: demo/raw, image_dir: demo/raw/images, shard_dir: demo/shards,"
+        " cache_dir: demo/cache}\n"
+    )
     out = tmp_path / "demo"
-    overrides = [
-        f"experiment.output_dir={out}",
-        f"data.raw_dir={out}/raw",
-        f"data.image_dir={out}/raw/images",
-        f"data.shard_dir={out}/shards",
-        f"data.cache_dir={out}/cache",
-    ]
     env = {**os.environ, "COLUMNS": "160"}
     env.pop("MLFLOW_TRACKING_URI", None)
     result = subprocess.run(
-        [sys.executable, "-m", "sgdm_dist.cli", "demo", "configs/demo.yaml", *overrides, "--quick"],
-        cwd=REPO,
+        [sys.executable, "-m", "sgdm_dist.cli", "demo", "mine.yaml", "--quick"],
+        cwd=tmp_path,
         env=env,
         capture_output=True,
         text=True,

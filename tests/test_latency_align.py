@@ -3,12 +3,24 @@ and leave-one-subject-out scoring uses it on the held-out subject only."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
+import torch
 
-from sgdm_dist.baselines.arrays import SplitArrays, align_held_out
+from sgdm_dist.baselines.arrays import SplitArrays, align_held_out, load_split
+from sgdm_dist.config import Config, load_config
 from sgdm_dist.data.latency import align_latency, best_shift, global_field_power, shift_trials
+from sgdm_dist.data.manifest import read_manifest
+from sgdm_dist.evaluation.evaluate import _latency_shifts
+from sgdm_dist.models import build_model
+from sgdm_dist.reconstruct.alignment import unseen_subject_shifts
+from sgdm_dist.reconstruct.inputs import read_split
+from sgdm_dist.reconstruct.model import ReconstructError, TrainingData
+from sgdm_dist.tune.score import held_out_shifts
 
+REPO = Path(__file__).resolve().parents[1]
 SFREQ = 100.0  # Hz: one sample is 10 ms
 N_TIMES, N_SOURCES, N_CHANNELS = 100, 3, 12
 
@@ -89,3 +101,56 @@ def test_leave_one_subject_out_aligns_the_held_out_subject_only() -> None:
     assert np.array_equal(out.subject, test.subject) and out.eeg is not test.eeg
     with pytest.raises(ValueError, match="no test trials of subject 4"):
         align_held_out(train, test, held=4, sfreq=SFREQ, max_lag_s=0.05)
+
+
+# --- the product path: `sgdm evaluate` and the tuning objective (reconstruct/alignment.py) ------
+
+
+def _tiny(tiny_shards: list[str], *extra: str) -> Config:
+    return load_config(REPO / "configs" / "tiny.yaml", [*tiny_shards, *extra])
+
+
+def test_unseen_subject_shift_matches_an_independent_reading(tiny_shards: list[str]) -> None:
+    cfg = _tiny(tiny_shards)
+    shard_dir = str(cfg.data.shard_dir)
+    sfreq = read_manifest(shard_dir).sfreq
+    shifts = unseen_subject_shifts(shard_dir, "test", unseen=[2], trained=[1], max_lag_s=0.05)
+    # The same question asked through the baselines' reader, which holds every trial in memory.
+    reference = load_split(cfg, "train", [1]).eeg
+    new = load_split(cfg, "test", [2]).eeg
+    assert shifts == {2: best_shift(global_field_power(reference), new, round(0.05 * sfreq))}
+    assert unseen_subject_shifts(shard_dir, "test", unseen=[2], trained=[1], max_lag_s=0) == {}
+    with pytest.raises(ReconstructError, match=r"needs the 'train' trials .* \[7\]"):
+        unseen_subject_shifts(shard_dir, "test", unseen=[2], trained=[7], max_lag_s=0.05)
+
+
+def test_read_split_moves_the_named_subjects_trials_only(tiny_shards: list[str]) -> None:
+    cfg = _tiny(tiny_shards)
+    model = build_model(cfg.model, n_channels=17, n_times=100, n_subjects=2).eval()
+    common = {"model": model, "trained": TrainingData(), "predict": True, "progress": False}
+    plain = read_split(str(cfg.data.shard_dir), "test", **common)
+    moved = read_split(str(cfg.data.shard_dir), "test", shifts={2: 3, 9: 1}, **common)
+    assert moved.shifts == {2: 3}  # subject 9 is not in the split
+    assert torch.equal(moved.mean_eeg[1], plain.mean_eeg[1])
+    assert torch.equal(moved.trial_pred[1], plain.trial_pred[1])
+    expected = torch.from_numpy(shift_trials(plain.mean_eeg[2].numpy(), 3))
+    torch.testing.assert_close(moved.mean_eeg[2], expected)
+    assert not torch.allclose(moved.trial_pred[2], plain.trial_pred[2])
+
+
+def test_evaluate_and_tuning_align_only_untrained_subjects(tiny_shards: list[str]) -> None:
+    on = _tiny(tiny_shards, "evaluate.align_unseen_s=0.05")
+    one_subject = build_model(on.model, n_channels=17, n_times=100, n_subjects=1)
+    expected = unseen_subject_shifts(
+        str(on.data.shard_dir), "test", unseen=[2], trained=[1], max_lag_s=0.05
+    )
+    assert _latency_shifts(on, one_subject, TrainingData()) == expected  # 2 > n_subjects
+    assert _latency_shifts(on, one_subject, TrainingData(subjects=[1, 2])) == {}
+    off = _tiny(tiny_shards)
+    assert _latency_shifts(off, one_subject, TrainingData()) == {}
+    # A tuning fold holding subject 2 out: its validation trials, against subject 1's training.
+    fold = _tiny(tiny_shards, "evaluate.align_unseen_s=0.05", "train.subjects=[1]")
+    assert held_out_shifts(fold, [2]) == unseen_subject_shifts(
+        str(on.data.shard_dir), "val", unseen=[2], trained=[1], max_lag_s=0.05
+    )
+    assert held_out_shifts(off, [2]) == {}

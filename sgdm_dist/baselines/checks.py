@@ -19,6 +19,7 @@ from sgdm_dist.baselines.model_space import centred_candidates, predict_centred
 from sgdm_dist.baselines.ridge import RidgeDecoder
 from sgdm_dist.baselines.scoring import score_decoder
 from sgdm_dist.config import Config
+from sgdm_dist.data.latency import shift_trials
 
 log = logging.getLogger(__name__)
 MODES = ("single", "averaged")
@@ -33,8 +34,13 @@ def _mean(rows: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, float]
     return {m: {k: float(np.mean([r[m][k] for r in rows])) for k in KEYS} for m in MODES}
 
 
-def decoding_checks(cfg: Config, model: Any, agnostic: bool = False) -> dict[str, Any]:
-    """Model vs ridge retrieval on the test split, per subject and mean; see the module doc."""
+def decoding_checks(
+    cfg: Config, model: Any, agnostic: bool = False, shifts: dict[int, int] | None = None
+) -> dict[str, Any]:
+    """Model vs ridge retrieval on the test split, per subject and mean; see the module doc.
+    ``shifts`` (subject → samples, latency alignment of untrained subjects) moves those subjects'
+    test trials before the model reads them, as `sgdm evaluate` did for its own scores; the ridge,
+    fitted on the subject's own training trials, reads them as recorded."""
     subjects = cfg.evaluate.subjects
     train = load_split(cfg, "train", subjects)
     test = load_split(cfg, "test", subjects)
@@ -42,7 +48,8 @@ def decoding_checks(cfg: Config, model: Any, agnostic: bool = False) -> dict[str
     for s in sorted(set(test.subject.tolist()) & set(train.subject.tolist())):
         te = _subset(test, test.subject == s)
         ids = np.zeros_like(te.subject) if agnostic else te.subject
-        pred = predict_centred(model, te.eeg, ids)
+        eeg = shift_trials(te.eeg, (shifts or {}).get(s, 0))
+        pred = predict_centred(model, eeg, ids)
         cands = centred_candidates(model, te.clip)
         out["model"][f"sub-{s:02d}"] = score_decoder(pred, te.image_index, te.image_ids, cands)
         ridge = RidgeDecoder().fit(*_xy(_subset(train, train.subject == s)))

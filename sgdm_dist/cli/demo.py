@@ -84,7 +84,9 @@ def demo(
     for i, step in enumerate(steps, 1):
         console.rule(f"[bold]{i}/{len(steps)} {step.name}[/]: {step.what}")
         t0 = time.perf_counter()
-        result = subprocess.run(step.argv, env=step.env, cwd=REPO, check=False)
+        # In the caller's folder, as a user typing each command would: the config path and the
+        # relative paths inside it mean there what they meant to `resolve` above.
+        result = subprocess.run(step.argv, env=step.env, check=False)
         if result.returncode != 0:
             console.print(f"[red]step '{step.name}' failed with exit code {result.returncode}[/]")
             console.print("command: " + " ".join(step.argv))

@@ -39,6 +39,16 @@ class EvaluateConfig(Section):
         "inter-subject / leave-one-subject-out protocol. Subjects the model never saw are mapped "
         "to 0 either way.",
     )
+    align_unseen_s: float = Field(
+        0.0,
+        ge=0,
+        le=0.2,
+        description="Latency alignment of subjects the model was not trained on (seconds, the "
+        "largest shift; 0 = off): their trials are shifted so their evoked response lines up, by "
+        "global field power, with the training subjects' (the shards' train split), before they "
+        "are encoded. Applies to `sgdm evaluate` and the tuning objective's held-out subjects "
+        "(docs/decoding.md).",
+    )
     retrieval_trials: int = Field(
         20, gt=0, description="Random candidate subsets drawn per prediction for k-way retrieval."
     )

@@ -28,8 +28,8 @@ import sgdm_dist
 from sgdm_dist.baselines.checks import decoding_checks
 from sgdm_dist.config import Config
 from sgdm_dist.data.io import atomic_write_text
-from sgdm_dist.data.manifest import manifest_hash
-from sgdm_dist.data.splits import split_image_embeddings
+from sgdm_dist.data.manifest import manifest_hash, read_manifest
+from sgdm_dist.data.splits import select_shards, split_image_embeddings
 from sgdm_dist.evaluation.mlflow_log import log_to_mlflow
 from sgdm_dist.evaluation.report import write_report
 from sgdm_dist.evaluation.scoring import (
@@ -46,8 +46,15 @@ from sgdm_dist.evaluation.scoring import (
 from sgdm_dist.evaluation.tables import report_view
 from sgdm_dist.metrics import METRIC_ORDER
 from sgdm_dist.models import SGDM
+from sgdm_dist.reconstruct.alignment import unseen_subject_shifts
 from sgdm_dist.reconstruct.inputs import SplitEEG, read_split
-from sgdm_dist.reconstruct.model import ReconstructError, load_model, model_folder, training_data
+from sgdm_dist.reconstruct.model import (
+    ReconstructError,
+    TrainingData,
+    load_model,
+    model_folder,
+    training_data,
+)
 from sgdm_dist.reconstruct.sampling import SamplingOptions, save_comparison_grid
 from sgdm_dist.utils.tracking import default_tracking_uri
 
@@ -94,7 +101,7 @@ def evaluate(
 
     retrieval, similarity, target_index = score_retrieval(cfg, net, test)
     # Model vs ridge on the same shards, in centred CLIP, with the collapse guard (#13).
-    decoding = decoding_checks(cfg, net, agnostic=ecfg.subject_agnostic)
+    decoding = decoding_checks(cfg, net, agnostic=ecfg.subject_agnostic, shifts=test.shifts)
     sampling = _sampling_options(cfg)
     recon = _Reconstructions()
     if ecfg.reconstruct:
@@ -136,6 +143,7 @@ def _load_model_and_test(
         model_dir = model_folder(model, tracking_uri=tracking_uri)
         net = load_model(model_dir, device)
         trained = training_data(model_dir)
+        shifts = _latency_shifts(cfg, net, trained)
         test = read_split(
             cfg.data.shard_dir,
             TEST_SPLIT,
@@ -147,10 +155,32 @@ def _load_model_and_test(
             batch_size=cfg.data.loader.batch_size,
             num_workers=cfg.data.loader.num_workers,
             progress=progress,
+            shifts=shifts,
         )
     except ReconstructError as exc:
         raise EvaluationError(str(exc)) from None
     return model_dir, net, test
+
+
+def _latency_shifts(cfg: Config, model: SGDM, trained: TrainingData) -> dict[int, int]:
+    """With ``evaluate.align_unseen_s``: the shift (samples) of each test subject the model was not
+    trained on (reconstruct/alignment.py); empty when off or every test subject was trained."""
+    ecfg = cfg.evaluate
+    if ecfg.align_unseen_s <= 0:
+        return {}
+    known = trained.subjects or list(range(1, model.n_subjects + 1))
+    shards = select_shards(read_manifest(cfg.data.shard_dir), TEST_SPLIT, ecfg.subjects)
+    unseen = sorted({shard.subject for shard in shards} - set(known))
+    shifts = unseen_subject_shifts(
+        str(cfg.data.shard_dir),
+        TEST_SPLIT,
+        unseen=unseen,
+        trained=known,
+        max_lag_s=ecfg.align_unseen_s,
+    )
+    if shifts:
+        log.info("latency alignment of untrained subjects (samples, + = delayed): %s", shifts)
+    return shifts
 
 
 def _sampling_options(cfg: Config) -> SamplingOptions:
@@ -278,6 +308,8 @@ def _protocol(
         "data.manifest_sha256": manifest_hash(cfg.data.shard_dir),
         "subjects": test.subjects,
         "subject_agnostic": ecfg.subject_agnostic,
+        "align_unseen_s": ecfg.align_unseen_s,
+        "latency_shifts": {f"sub-{s:02d}": k for s, k in sorted(test.shifts.items())},
         "retrieval_headline": _mode_text(cfg, AVERAGED if ecfg.average_reps else SINGLE),
         "retrieval_average_space": ecfg.average_space,
         "retrieval_trials": ecfg.retrieval_trials,

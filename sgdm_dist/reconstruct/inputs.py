@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from sgdm_dist.data.latency import shift_trials
 from sgdm_dist.data.loader import EEGLoader, ShardStream
 from sgdm_dist.data.manifest import Manifest, ShardEntry, read_manifest
 from sgdm_dist.data.samples import SampleSpec
@@ -35,7 +36,8 @@ class SplitEEG:
     CLIP predictions ``trial_pred[s]`` [N_s, D] with their ``trial_index[s]`` [N_s].
     ``images``: image index → stimulus [3, H, W] uint8 (when the split stores them);
     ``latents``: image index → cached VAE latent [4, h, w] float32;
-    ``concepts``: image index → concept name.
+    ``concepts``: image index → concept name; ``shifts``: subject → the samples its trials were
+    moved by before reading (latency alignment, reconstruct/alignment.py; empty when off).
     """
 
     shard_dir: str
@@ -49,6 +51,7 @@ class SplitEEG:
     images: dict[int, Tensor] = field(default_factory=dict)
     latents: dict[int, Tensor] = field(default_factory=dict)
     concepts: dict[int, str] = field(default_factory=dict)
+    shifts: dict[int, int] = field(default_factory=dict)
 
     @property
     def subjects(self) -> list[int]:
@@ -77,21 +80,26 @@ def read_split(
     batch_size: int = 16,
     num_workers: int = 0,
     progress: bool = True,
+    shifts: dict[int, int] | None = None,
 ) -> SplitEEG:
     """Read ``split`` once (checking its EEG shape and channels against the model first): repetition
-    means per subject and image, stimuli, and with ``predict`` the single-trial CLIP predictions."""
+    means per subject and image, stimuli, and with ``predict`` the single-trial CLIP predictions.
+    ``shifts`` (subject → samples, reconstruct/alignment.py) moves those subjects' trials in time
+    before anything is averaged or encoded."""
     manifest = read_manifest(shard_dir)
     _check_against_model(manifest, shard_dir, model, trained)
     shards = select_shards(manifest, split, subjects)
     if not shards:
         raise ReconstructError(f"shards {shard_dir}: split '{split}' has no shards")
-    loader = _split_loader(shard_dir, shards, manifest, batch_size, num_workers)
+    loader = split_loader(shard_dir, shards, manifest, batch_size, num_workers)
     concepts = manifest.splits[split].concepts
     out = SplitEEG(shard_dir=shard_dir, split=split, manifest=manifest)
     acc = _TrialSums()
     for batch in tqdm(
         loader, total=len(loader), desc=f"read {split}", unit="batch", disable=not progress
     ):
+        if shifts:
+            batch["eeg"] = shift_rows(batch["eeg"], batch["subject"], shifts)
         acc.add_trials(batch, out, concepts)
         if predict:
             subject = batch["subject"]
@@ -100,6 +108,7 @@ def read_split(
                 model.predict_clip(batch["eeg"], ids), subject, batch["image_index"]
             )
     acc.fill(out, predict)
+    out.shifts = {s: k for s, k in (shifts or {}).items() if s in out.mean_eeg}
     if not out.mean_eeg:
         raise ReconstructError(f"shards {shard_dir}: split '{split}' holds no trials")
     return out
@@ -117,7 +126,7 @@ def _check_against_model(
         )
 
 
-def _split_loader(
+def split_loader(
     shard_dir: str,
     shards: list[ShardEntry],
     manifest: Manifest,
@@ -142,6 +151,20 @@ def _split_loader(
         spec=SampleSpec.from_manifest(manifest),
     )
     return EEGLoader(stream, num_workers, manifest)
+
+
+def shift_rows(eeg: Tensor, subject: Tensor, shifts: dict[int, int]) -> Tensor:
+    """``eeg`` [B, C, T] with the rows of each subject in ``shifts`` delayed by its shift (samples;
+    negative: advanced) as :func:`sgdm_dist.data.latency.shift_trials` does; other rows as given."""
+    moved = [s for s, k in shifts.items() if k != 0 and bool((subject == s).any())]
+    if not moved:
+        return eeg
+    out = eeg.clone()
+    for s in moved:
+        rows = subject == s
+        shifted = shift_trials(eeg[rows].cpu().numpy(), shifts[s])
+        out[rows] = torch.from_numpy(shifted).to(eeg.device, eeg.dtype)
+    return out
 
 
 @dataclass

@@ -64,10 +64,11 @@ class TrainingData:
     ch_names: list[str] | None = None
     sfreq: float | None = None
     shard_dir: str | None = None
+    subjects: list[int] | None = None  # train.subjects; None: every subject of the shards
 
 
 def training_data(model_dir: Path) -> TrainingData:
-    ch_names, sfreq, shard_dir = None, None, None
+    ch_names, sfreq, shard_dir, subjects = None, None, None, None
     manifest = model_dir / "data_manifest.json"
     if manifest.is_file():
         data = json.loads(manifest.read_text())
@@ -78,7 +79,8 @@ def training_data(model_dir: Path) -> TrainingData:
 
         data = yaml.safe_load(experiment.read_text()) or {}
         shard_dir = (data.get("data") or {}).get("shard_dir")
-    return TrainingData(ch_names=ch_names, sfreq=sfreq, shard_dir=shard_dir)
+        subjects = (data.get("train") or {}).get("subjects")
+    return TrainingData(ch_names=ch_names, sfreq=sfreq, shard_dir=shard_dir, subjects=subjects)
 
 
 def check_eeg_shape(

@@ -16,17 +16,40 @@ import torch.nn.functional as F
 
 from sgdm_dist.config import Config
 from sgdm_dist.data.loader import make_loader
+from sgdm_dist.data.manifest import read_manifest
 from sgdm_dist.data.splits import split_image_embeddings
 from sgdm_dist.metrics.retrieval import retrieval_accuracy
 from sgdm_dist.models import SGDM
+from sgdm_dist.reconstruct.alignment import unseen_subject_shifts
+from sgdm_dist.reconstruct.inputs import shift_rows
 
 SPLIT = "val"  # carved from the training partition: a sweep never reads the test set
 UNSEEN_SUBJECT = 0
 
 
+def held_out_shifts(cfg: Config, held_out: list[int]) -> dict[int, int]:
+    """With ``evaluate.align_unseen_s``: the latency shift (samples) of each held-out subject's
+    validation trials towards the fold's training subjects (reconstruct/alignment.py); else empty.
+    Data only, so a fold computes it once."""
+    if cfg.evaluate.align_unseen_s <= 0:
+        return {}
+    manifest = read_manifest(cfg.data.shard_dir)
+    trained = cfg.train.subjects or sorted(set(manifest.subjects) - set(held_out))
+    return unseen_subject_shifts(
+        str(cfg.data.shard_dir),
+        SPLIT,
+        unseen=held_out,
+        trained=trained,
+        max_lag_s=cfg.evaluate.align_unseen_s,
+    )
+
+
 @torch.no_grad()
-def score_held_out(cfg: Config, model: SGDM, held_out: list[int]) -> dict[str, float]:
-    """Retrieval of the held-out subjects' validation trials against all validation images.
+def score_held_out(
+    cfg: Config, model: SGDM, held_out: list[int], shifts: dict[int, int] | None = None
+) -> dict[str, float]:
+    """Retrieval of the held-out subjects' validation trials against all validation images;
+    ``shifts`` (from :func:`held_out_shifts`) moves their trials in time first.
 
     Returns ``top1``, ``top5`` (fractions; 1.0 when there are 5 images or fewer), ``mrr`` (mean
     reciprocal rank among all validation images), ``chance_mrr``, ``cosine`` (mean cosine of the
@@ -36,7 +59,8 @@ def score_held_out(cfg: Config, model: SGDM, held_out: list[int]) -> dict[str, f
     loader = make_loader(cfg, SPLIT, shuffle=False, subjects=held_out, drop_last=False)
     for batch in loader:
         unseen = torch.full_like(batch["subject"], UNSEEN_SUBJECT)
-        preds.append(model.predict_clip(batch["eeg"], unseen).float().cpu())
+        eeg = shift_rows(batch["eeg"], batch["subject"], shifts or {})
+        preds.append(model.predict_clip(eeg, unseen).float().cpu())
         image_index.append(batch["image_index"].cpu())
     if not preds:
         raise ValueError(f"no '{SPLIT}' trials of subjects {held_out} in {cfg.data.shard_dir}")

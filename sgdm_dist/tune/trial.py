@@ -28,7 +28,7 @@ from sgdm_dist.data.io import atomic_write_text
 from sgdm_dist.data.manifest import read_manifest
 from sgdm_dist.data.splits import select_shards
 from sgdm_dist.tune.folds import Fold, fold_config
-from sgdm_dist.tune.score import score_held_out
+from sgdm_dist.tune.score import held_out_shifts, score_held_out
 from sgdm_dist.tune.space import apply_params
 
 log = logging.getLogger(__name__)
@@ -94,9 +94,12 @@ class _FoldReporter:
         self.cfg = cfg
         self.fold = fold
         self.finished = finished
+        self.shifts: dict[int, int] | None = None  # latency alignment, read at the first call
 
     def __call__(self, step: int, model: Any) -> dict[str, float]:
-        scores = score_held_out(self.cfg, model, self.fold.held_out)
+        if self.shifts is None:
+            self.shifts = held_out_shifts(self.cfg, self.fold.held_out)
+        scores = score_held_out(self.cfg, model, self.fold.held_out, self.shifts)
         report(self.fold, step, scores, self.finished, final=step >= self.cfg.train.total_steps)
         return {f"heldout/{k}": scores[k] for k in SCORES}
 
