@@ -122,6 +122,8 @@ def test_unseen_subject_shift_matches_an_independent_reading(tiny_shards: list[s
     assert unseen_subject_shifts(shard_dir, "test", unseen=[2], trained=[1], max_lag_s=0) == {}
     with pytest.raises(ReconstructError, match=r"needs the 'train' trials .* \[7\]"):
         unseen_subject_shifts(shard_dir, "test", unseen=[2], trained=[7], max_lag_s=0.05)
+    with pytest.raises(ReconstructError, match=r"align_unseen_s=0.6 at 100 Hz: max_shift must be"):
+        unseen_subject_shifts(shard_dir, "test", unseen=[2], trained=[1], max_lag_s=0.6)
 
 
 def test_read_split_moves_the_named_subjects_trials_only(tiny_shards: list[str]) -> None:

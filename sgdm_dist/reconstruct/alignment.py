@@ -61,7 +61,12 @@ def unseen_subject_shifts(
     count = sum(n for _, n in reference.values())
     reference_gfp = evoked_gfp(total / count)
     max_shift = round(max_lag_s * sfreq)
-    return {
-        s: best_gfp_shift(reference_gfp, evoked_gfp(t / n), max_shift)
-        for s, (t, n) in sorted(split_evoked(shard_dir, split, unseen).items())
-    }
+    try:
+        return {
+            s: best_gfp_shift(reference_gfp, evoked_gfp(t / n), max_shift)
+            for s, (t, n) in sorted(split_evoked(shard_dir, split, unseen).items())
+        }
+    except ValueError as exc:  # a largest shift the epoch cannot hold
+        raise ReconstructError(
+            f"shards {shard_dir}: evaluate.align_unseen_s={max_lag_s} at {sfreq:g} Hz: {exc}"
+        ) from None
