@@ -30,6 +30,7 @@ import multiprocessing
 import os
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -289,13 +290,23 @@ def run_job(job: Job) -> dict:
     return table_row(job.ds.name, job.method, job.base or job.method, job.setting, scores, seconds)
 
 
-def _worker_init(threads: int) -> None:
-    """Each worker takes its share of the cores (one thread when there are as many jobs as cores)."""
+def _worker_init(threads: int, bench: int) -> None:
+    """Each worker takes its share of the cores (one thread when there are as many jobs as cores),
+    and leaves when the bench does: a killed bench must not leave workers training on."""
     import logging
 
     torch.set_num_threads(threads)
     logging.disable(logging.WARNING)
     os.environ["TQDM_DISABLE"] = "1"
+    threading.Thread(target=_exit_with_parent, args=(bench,), daemon=True).start()
+
+
+def _exit_with_parent(bench: int) -> None:
+    """Poll once a second; when the bench (pid ``bench``) is gone, this worker was handed to
+    another parent: exit at once. A job cut short keeps its last checkpoint, which the next run resumes."""
+    while os.getppid() == bench:
+        time.sleep(1.0)
+    os._exit(1)
 
 
 def run_jobs(jobs: list[Job], workers: int) -> list[dict]:
@@ -304,7 +315,7 @@ def run_jobs(jobs: list[Job], workers: int) -> list[dict]:
     threads = max(1, usable_cores() // workers)
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(
-        workers, context, initializer=_worker_init, initargs=(threads,)
+        workers, context, initializer=_worker_init, initargs=(threads, os.getpid())
     ) as pool:
         order = sorted(range(len(jobs)), key=lambda i: -_cost(jobs[i]))
         futures = {i: pool.submit(run_job, jobs[i]) for i in order}
