@@ -191,13 +191,18 @@ def train_model(
 
 
 def _check_cached(record: Path, recipe: dict, method: list[str]) -> None:
-    """Refuse a cached model unless ``record`` (its resolved config) equals ``recipe``."""
+    """Refuse a cached model unless ``record`` (its resolved config) equals ``recipe``, keys the
+    record predates counting as their defaults."""
     if not record.exists():
         raise SystemExit(
             f"{record.parent}: a cached model without {record.name} (what it was trained with "
             "is unknown); delete the folder or use another --work"
         )
     cached = json.loads(record.read_text())
+    # A key the code gained after the model was trained reads as its default: new keys default to
+    # the behaviour from before they existed, so such a model was trained with that value.
+    defaults = recipe_record(load_config(None))
+    cached = {**{k: defaults[k] for k in recipe.keys() - cached.keys() if k in defaults}, **cached}
     changed = [
         f"{key} {cached.get(key)!r} → {recipe.get(key)!r}"
         for key in sorted(set(cached) | set(recipe))

@@ -139,6 +139,14 @@ def test_align_epochs_become_steps() -> None:
     assert resolve_epochs(one, manifest, world_size=1).train.align_steps == 13  # 2.5·40/8
     plain = load_config("configs/tiny.yaml", [])
     assert resolve_epochs(plain, manifest, 1) is plain
+    # The validation cadence too, so patience (in validations) is a number of epochs at any size.
+    cadence = load_config(
+        "configs/tiny.yaml", ["train.eval_every_epochs=2", "data.loader.batch_size=8"]
+    )
+    resolved = resolve_epochs(cadence, manifest, world_size=1).train
+    assert resolved.eval_every == 20 and resolved.align_steps == cadence.train.align_steps  # 2·80/8
+    big = SimpleNamespace(splits={"train": SimpleNamespace(per_subject={1: 400, 2: 400})})
+    assert resolve_epochs(cadence, big, world_size=1).train.eval_every == 200
 
 
 def _bench(*args: str, work: Path) -> subprocess.CompletedProcess[str]:
@@ -262,6 +270,18 @@ def test_bench_refuses_a_cached_model_trained_with_another_recipe(
     run.rename(run.with_name("shift3"))
     cached = bench.train_model(ds, ["model.encoder.augment_shift=3"], "shift3", None)
     assert (cached.n_channels, cached.n_times) == (4, 20)
+    # A record from before a key existed: the key reads as its default, the behaviour it replaced.
+    record = run.with_name("shift3") / "recipe.json"
+    record.write_text(
+        json.dumps({k: v for k, v in recipe.items() if k != "evaluate.align_unseen_s"})
+    )
+    assert bench.train_model(ds, ["model.encoder.augment_shift=3"], "shift3", None) is not None
+    # ... and a recipe that sets it to something else is not that model's.
+    record.write_text(
+        json.dumps({k: v for k, v in recipe.items() if k != "train.eval_every_epochs"})
+    )
+    with pytest.raises(SystemExit, match=r"train.eval_every_epochs None → 2"):
+        bench.train_model(ds, ["model.encoder.augment_shift=3"], "shift3", None)
 
 
 def test_evaluate_decoding_checks_report_ridge_and_collapse(tiny_shards: list[str]) -> None:

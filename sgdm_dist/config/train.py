@@ -60,6 +60,13 @@ class TrainConfig(Section):
         description="Alignment stage length in passes over the train split; set → overrides "
         "align_steps (sgdm_dist/training/selection.py).",
     )
+    eval_every_epochs: float | None = Field(
+        None,
+        gt=0,
+        description="Validation cadence in passes over the train split; set → overrides "
+        "eval_every, so early stopping's patience (counted in validations) means the same number "
+        "of epochs at any dataset size (sgdm_dist/training/selection.py).",
+    )
     select_best: bool = Field(
         False, description="Align-only runs: export the best validation weights (not the last)."
     )

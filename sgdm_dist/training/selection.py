@@ -2,7 +2,8 @@
 
 * ``resolve_epochs``: ``train.align_epochs`` (passes over the training split) → ``train.align_steps``
   for this manifest, batch size and world size, so one recipe neither over- nor under-fits when the
-  dataset is 10x larger or smaller (docs/decoding.md, cause 5).
+  dataset is 10x larger or smaller (docs/decoding.md, cause 5); ``train.eval_every_epochs`` →
+  ``train.eval_every`` likewise, so early stopping's patience is the same number of epochs.
 * ``Selection`` watches every validation of an alignment-only run (``train.diffusion_steps = 0``): it
   scores the evaluation copy by retrieval of the validation trials among the validation images, in the
   space the head was trained in (centred CLIP, ``baselines.scoring``), keeps the best weights
@@ -28,18 +29,26 @@ log = logging.getLogger(__name__)
 
 
 def resolve_epochs(cfg: Config, manifest: Manifest, world_size: int) -> Config:
-    """``cfg`` with ``train.align_steps`` computed from ``train.align_epochs`` (when set)."""
-    epochs = cfg.train.align_epochs
-    if epochs is None:
+    """``cfg`` with ``train.align_steps`` and ``train.eval_every`` computed from
+    ``train.align_epochs`` and ``train.eval_every_epochs`` (each only when set)."""
+    train = cfg.train
+    if train.align_epochs is None and train.eval_every_epochs is None:
         return cfg
     per_subject = manifest.splits["train"].per_subject
-    subjects = cfg.train.subjects or list(per_subject)
+    subjects = train.subjects or list(per_subject)
     n_train_samples = sum(per_subject.get(s, 0) for s in subjects)
-    per_step = cfg.data.loader.batch_size * world_size * cfg.train.grad_accum
-    steps = max(1, math.ceil(epochs * n_train_samples / per_step))
-    train = cfg.train.model_copy(update={"align_steps": steps})
-    log.info("train.align_epochs=%g → align_steps=%d (%d samples)", epochs, steps, n_train_samples)
-    return cfg.model_copy(update={"train": train})
+    per_step = cfg.data.loader.batch_size * world_size * train.grad_accum
+
+    def steps(epochs: float) -> int:
+        return max(1, math.ceil(epochs * n_train_samples / per_step))
+
+    update: dict[str, int] = {}
+    if train.align_epochs is not None:
+        update["align_steps"] = steps(train.align_epochs)
+    if train.eval_every_epochs is not None:
+        update["eval_every"] = steps(train.eval_every_epochs)
+    log.info("epochs → steps for %d training samples: %s", n_train_samples, update)
+    return cfg.model_copy(update={"train": train.model_copy(update=update)})
 
 
 class Selection:
