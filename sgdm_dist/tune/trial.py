@@ -204,7 +204,7 @@ def _train_distributed(cfg: Config, fold: Fold) -> dict[str, float]:
     )
     trainer.fit()
     model = SGDM.from_pretrained(cfg.experiment.output_dir / "model")
-    return score_held_out(cfg, model, fold.held_out)
+    return score_held_out(cfg, model, fold.held_out, held_out_shifts(cfg, fold.held_out))
 
 
 def _trial_threads(cfg: Config) -> None:
