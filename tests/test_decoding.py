@@ -275,7 +275,8 @@ def test_bench_refuses_a_cached_model_trained_with_another_recipe(
     record.write_text(
         json.dumps({k: v for k, v in recipe.items() if k != "evaluate.align_unseen_s"})
     )
-    assert bench.train_model(ds, ["model.encoder.augment_shift=3"], "shift3", None) is not None
+    older = bench.train_model(ds, ["model.encoder.augment_shift=3"], "shift3", None)
+    assert (older.n_channels, older.n_times) == (4, 20)  # the cached model, not a retrained one
     # ... and a recipe that sets it to something else is not that model's.
     record.write_text(
         json.dumps({k: v for k, v in recipe.items() if k != "train.eval_every_epochs"})

@@ -48,7 +48,8 @@ def decoding_checks(
     for s in sorted(set(test.subject.tolist()) & set(train.subject.tolist())):
         te = _subset(test, test.subject == s)
         ids = np.zeros_like(te.subject) if agnostic else te.subject
-        eeg = shift_trials(te.eeg, (shifts or {}).get(s, 0))
+        shift = (shifts or {}).get(s, 0)
+        eeg = shift_trials(te.eeg, shift) if shift else te.eeg
         pred = predict_centred(model, eeg, ids)
         cands = centred_candidates(model, te.clip)
         out["model"][f"sub-{s:02d}"] = score_decoder(pred, te.image_index, te.image_ids, cands)

@@ -13,19 +13,18 @@ from __future__ import annotations
 import numpy as np
 
 from sgdm_dist.data.latency import best_gfp_shift, evoked_gfp
-from sgdm_dist.data.manifest import read_manifest
+from sgdm_dist.data.manifest import Manifest, read_manifest
 from sgdm_dist.data.splits import select_shards
 from sgdm_dist.reconstruct.inputs import split_loader
 from sgdm_dist.reconstruct.model import ReconstructError
 
 
 def split_evoked(
-    shard_dir: str, split: str, subjects: list[int], batch_size: int = 64
+    manifest: Manifest, shard_dir: str, split: str, subjects: list[int], batch_size: int = 64
 ) -> dict[int, tuple[np.ndarray, int]]:
-    """One streaming pass over ``split`` of ``subjects``: per subject, the sum of its trials' EEG
-    [C, T] (float64) and the number of trials. Subjects without trials in the split (or not in the
-    shards at all) are absent."""
-    manifest = read_manifest(shard_dir)
+    """One streaming pass over ``split`` of ``subjects`` (``manifest``: the shard set's): per
+    subject, the sum of its trials' EEG [C, T] (float64) and the number of trials. Subjects without
+    trials in the split (or not in the shards at all) are absent."""
     present = [s for s in subjects if s in manifest.subjects]
     shards = select_shards(manifest, split, present) if present and split in manifest.splits else []
     out: dict[int, tuple[np.ndarray, int]] = {}
@@ -50,8 +49,9 @@ def unseen_subject_shifts(
     not in the shards (the reference cannot be formed)."""
     if not unseen or max_lag_s <= 0:
         return {}
-    sfreq = read_manifest(shard_dir).sfreq
-    reference = split_evoked(shard_dir, "train", trained)
+    manifest = read_manifest(shard_dir)
+    sfreq = manifest.sfreq
+    reference = split_evoked(manifest, shard_dir, "train", trained)
     if not reference:
         raise ReconstructError(
             f"shards {shard_dir}: latency alignment (evaluate.align_unseen_s={max_lag_s}) needs "
@@ -64,7 +64,7 @@ def unseen_subject_shifts(
     try:
         return {
             s: best_gfp_shift(reference_gfp, evoked_gfp(t / n), max_shift)
-            for s, (t, n) in sorted(split_evoked(shard_dir, split, unseen).items())
+            for s, (t, n) in sorted(split_evoked(manifest, shard_dir, split, unseen).items())
         }
     except ValueError as exc:  # a largest shift the epoch cannot hold
         raise ReconstructError(
