@@ -17,6 +17,9 @@ from the *training* concepts: the test split is read only to score.
                                               # a variant of the recipe as one more method
     python bench/decoding.py --quick --train-seeds 3   # each method at 3 training seeds; the
                                               # summary compares the default's mean over them
+    python bench/decoding.py --quick --methods ridge noise-free default
+                                              # + the noise-free reference: how far a decoder of
+                                              # the sources before noise gets (room above ridge)
 
 The last line is ``decoding: default/ridge top-1 ratio min=<x>`` (single-trial, intra-subject, over
 datasets).
@@ -46,6 +49,7 @@ from tqdm.auto import tqdm
 
 from sgdm_dist.baselines.arrays import SplitArrays, align_held_out, load_split
 from sgdm_dist.baselines.model_space import centred_candidates, predict_centred
+from sgdm_dist.baselines.noise_free import fit_reference, source_features
 from sgdm_dist.baselines.ridge import RidgeDecoder
 from sgdm_dist.baselines.scoring import score_decoder
 from sgdm_dist.baselines.table import HEADER, format_row, pool_subjects, summary, table_row
@@ -145,6 +149,17 @@ def ridge_scores(train: SplitArrays, test: SplitArrays, test_ids: np.ndarray) ->
     return score_decoder(pred, test.image_index[keep], test.image_ids, ridge.center(test.clip))
 
 
+def noise_free_scores(cfg: Config, train: SplitArrays, test: SplitArrays, kind: str) -> dict:
+    """The dataset's noise-free reference (baselines/noise_free.py): a ``kind`` decoder of the
+    sources each training image evokes before noise, scored on the test images' sources (one
+    prediction per image, so its single and averaged scores are the same)."""
+    ids, concept, x = source_features(cfg, "train")
+    clip = train.clip[np.searchsorted(train.image_ids, ids)]
+    model = fit_reference(x, clip, concept, kind)
+    test_ids, _, x_test = source_features(cfg, "test")
+    return score_decoder(model.predict(x_test), test_ids, test.image_ids, test.clip - clip.mean(0))
+
+
 def run_config(ds: Dataset, method: list[str], run: str, subjects: list[int] | None) -> Config:
     """The config ``method`` (overrides of RECIPE) trains with on ``ds``, in ``runs/<run>``."""
     extra = [
@@ -224,6 +239,8 @@ def model_scores(model, test: SplitArrays, test_ids: np.ndarray, unseen: bool) -
     return score_decoder(pred, test.image_index[keep], test.image_ids, cands)
 
 
+# Not EEG decoders: the noise-free reference's decoders of the sources before noise (no LOSO folds).
+NOISE_FREE = {"noise-free": "kernel", "noise-free-linear": "linear"}
 # Methods: "ridge" or config overrides on top of configs/decoding.yaml (the default recipe).
 METHODS: dict[str, list[str]] = {
     "default": [],  # the ATMS encoder since 2026-12-07
@@ -277,7 +294,9 @@ def run_job(job: Job) -> dict:
     if held is not None and job.align_s:  # the same trained model, the held-out trials shifted
         sfreq = read_manifest(cfg.data.shard_dir).sfreq
         test = align_held_out(train, test, held, sfreq, job.align_s)
-    if job.method == "ridge" and held is None:  # one ridge per subject, as the papers' baselines
+    if job.method in NOISE_FREE:
+        scores = noise_free_scores(cfg, train, test, NOISE_FREE[job.method])
+    elif job.method == "ridge" and held is None:  # one ridge per subject, as the papers' baselines
         per = [
             ridge_scores(subset(train, train.subject == s), test, np.array([s])) for s in subjects
         ]
@@ -335,7 +354,7 @@ def method_table(args: argparse.Namespace) -> dict[str, list[str]]:
     """The methods asked for, name → config overrides: ``--methods`` picks from METHODS (and
     "ridge"), each ``--method NAME OVERRIDE...`` adds one more."""
     extra = {name: overrides for name, *overrides in args.method or []}
-    known = {"ridge": [], **METHODS, **extra}
+    known = {"ridge": [], **{key: [] for key in NOISE_FREE}, **METHODS, **extra}
     if args.methods is not None:
         names = [*args.methods, *extra]
     else:
@@ -368,7 +387,10 @@ def plan(args: argparse.Namespace, workers: int) -> list[Job]:
         for name, seeded in with_seeds(method, overrides, args.train_seeds, args.seed)
         for job in (
             Job(ds, name, seeded, base=method),
-            *(Job(ds, name, seeded, k, base=method, align_s=args.align_unseen) for k in folds),
+            *(
+                Job(ds, name, seeded, k, base=method, align_s=args.align_unseen)
+                for k in (folds if method not in NOISE_FREE else [])
+            ),
         )
     ]
 
@@ -380,7 +402,7 @@ def with_seeds(
     ``experiment.seed``), ``METHOD-sK`` at ``experiment.seed`` = that seed + K, so no two runs share
     a seed whatever ``--seed`` is (ridge has no seed: one run)."""
     runs = [(method, tuple(overrides))]
-    if method != "ridge":
+    if method != "ridge" and method not in NOISE_FREE:
         runs += [
             (f"{method}-s{k}", (*overrides, f"experiment.seed={data_seed + k}"))
             for k in range(1, n)
@@ -390,7 +412,7 @@ def with_seeds(
 
 def _cost(job: Job) -> int:
     """Rough relative run time, to submit the slowest first so the workers finish together."""
-    if job.method == "ridge":
+    if job.method == "ridge" or job.method in NOISE_FREE:
         return 0  # seconds
     size = 10 if job.ds.size == "large" else 1  # epochs are fixed: time grows with the data
     return size * (3 if job.held is None else 2)  # intra trains on 3 subjects, LOSO on 2
@@ -401,7 +423,10 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="small sizes, 2 methods, 1 LOSO fold")
     parser.add_argument("--work", type=Path, default=Path("outputs/bench-decoding"))
     parser.add_argument(
-        "--methods", nargs="*", default=None, help="from: ridge " + " ".join(METHODS)
+        "--methods",
+        nargs="*",
+        default=None,
+        help="from: ridge " + " ".join([*NOISE_FREE, *METHODS]),
     )
     parser.add_argument(
         "--method",

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from sgdm_dist.config import Config, ConfigError, load_config
+from sgdm_dist.config import Config, ConfigError, load_config, validate
 from sgdm_dist.data.manifest import read_manifest
 from sgdm_dist.tune import (
     apply_params,
@@ -141,6 +141,35 @@ def test_reports_per_fold_counts_validations() -> None:
     assert reports_per_fold(load_config(TUNE_TINY, ["tune.workers_per_trial=2"])) == 1
 
 
+def test_reports_per_fold_resolves_epoch_schedules_for_the_folds_subjects(
+    tiny_shards: list[str], tmp_path: Path
+) -> None:
+    """ASHA's budget counts validations: in epochs they follow the fold's own training trials."""
+    from sgdm_dist.tune.folds import Fold
+
+    cfg = tiny_tune(tiny_shards, tmp_path, "train.align_epochs=4", "train.eval_every_epochs=1")
+    manifest = read_manifest(cfg.data.shard_dir)
+    per_subject = manifest.splits["train"].per_subject
+    assert reports_per_fold(cfg, manifest, Fold(0, [2], [1])) == 4  # 4 epochs, 1 per validation
+    steps = load_config(TUNE_TINY, [*tiny_shards, "train.align_epochs=4", "train.eval_every=1"])
+    batch = steps.data.loader.batch_size
+    one, both = Fold(0, [2], [1]), Fold(1, [], [1, 2])
+    assert reports_per_fold(steps, manifest, one) == -(-4 * per_subject[1] // batch)
+    assert reports_per_fold(steps, manifest, both) == -(-4 * sum(per_subject.values()) // batch)
+
+
+def test_asha_refuses_a_space_that_changes_the_schedule() -> None:
+    from sgdm_dist.tune.sweep import check_schedule_fixed
+
+    tree = load_config(TUNE_TINY).to_dict()
+    tree["tune"]["space"]["train.align_epochs"] = {"type": "uniform", "low": 5, "high": 10}
+    assert tree["tune"]["scheduler"] == "asha"
+    with pytest.raises(ConfigError, match=r"train.align_epochs.*tune.scheduler=fifo"):
+        check_schedule_fixed(validate(tree))
+    tree["tune"]["scheduler"] = "fifo"
+    check_schedule_fixed(validate(tree))
+
+
 def test_held_out_score_uses_the_unseen_subject_path(
     tiny_shards: list[str], tmp_path: Path
 ) -> None:
@@ -255,7 +284,8 @@ def test_sweep_folds_asha_mlflow_and_best_yaml(
     assert checked_models >= 2  # at least the complete trial's two folds
 
     # ASHA: every report is one validation of one fold; some trial stopped before the last.
-    max_reports = reports_per_fold(cfg) * len(result.folds)
+    manifest = read_manifest(cfg.data.shard_dir)
+    max_reports = sum(reports_per_fold(cfg, manifest, f) for f in result.folds)
     complete = [r for r in result.rows if r.status == "complete"]
     stopped = [r for r in result.rows if r.status == "stopped early"]
     assert complete and stopped, [(r.status, r.iterations) for r in result.rows]

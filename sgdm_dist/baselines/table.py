@@ -85,5 +85,13 @@ def summary(rows: list[dict]) -> list[str]:
         lines.append("decoding: LOSO subjects latency-aligned to the training subjects (+al)")
     if loso:
         lines.append(f"decoding: default LOSO top-1 / chance min={min(loso):.3f}")
+    reference = seed_means(rows, "noise-free")
+    room = [
+        f"{d} {top1 / max(ridge[(d, s)], 1e-9):.2f}"
+        for (d, s), top1 in reference.items()
+        if (d, s) in ridge
+    ]
+    if room:  # how far above ridge a kernel decoder of the noise-free sources gets (no EEG noise)
+        lines.append(f"decoding: noise-free/ridge top-1: {', '.join(room)}")
     ratio = min(ratios) if ratios else float("nan")
     return [*lines, f"decoding: default/ridge top-1 ratio min={ratio:.3f}"]

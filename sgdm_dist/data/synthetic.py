@@ -203,6 +203,18 @@ def _response(cfg: SyntheticConfig, world: World, z: np.ndarray, shift: float) -
     return (amp * world.sign)[:, None] * bump
 
 
+def noise_free_sources(
+    cfg: SyntheticConfig, seed: int, part: str, conditions: np.ndarray
+) -> np.ndarray:
+    """The noise-free source time courses [N, F + 2, L] (1000 Hz, from stimulus onset) that images
+    ``conditions`` (1-based, in ``part`` "training"/"test") evoke in the dataset written by
+    ``write_synthetic(cfg, ..., seed)``: no subject shift, gain or mixing, no jitter, no noise.
+    Everything an EEG decoder can learn about an image passes through these."""
+    world = _make_world(cfg, np.random.default_rng([seed, 7]))
+    factors = world.factors[part][np.asarray(conditions) - 1]
+    return np.stack([_response(cfg, world, z, 0.0) for z in factors])
+
+
 def _positions() -> np.ndarray:
     montage = mne.channels.make_standard_montage("easycap-M1")
     pos = montage.get_positions()["ch_pos"]

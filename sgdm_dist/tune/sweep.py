@@ -17,9 +17,9 @@ from typing import Any
 from sgdm_dist.config import Config, ConfigError, flatten
 from sgdm_dist.config.loader import yaml_load
 from sgdm_dist.data.io import atomic_write_text
-from sgdm_dist.data.manifest import manifest_hash, read_manifest
+from sgdm_dist.data.manifest import Manifest, manifest_hash, read_manifest
 from sgdm_dist.tune import summary
-from sgdm_dist.tune.folds import Fold, make_folds
+from sgdm_dist.tune.folds import Fold, fold_config, make_folds
 from sgdm_dist.tune.space import check_space, search_space
 from sgdm_dist.tune.tracking import SweepRun
 from sgdm_dist.utils.tracking import default_tracking_uri
@@ -71,6 +71,7 @@ def run_sweep(
     """
     # Everything that can be refused is checked before Ray (and torch) are imported.
     check_space(cfg)
+    check_schedule_fixed(cfg)
     manifest = read_manifest(cfg.data.shard_dir)
     manifest.check_compatible(cfg)
     folds = make_folds(cfg, list(manifest.subjects))
@@ -84,7 +85,7 @@ def run_sweep(
     try:
         if cfg.experiment.tracking:
             parent = _start_parent_run(cfg, path, folds, env_tracking_uri)
-        tuner = _tuner(cfg, folds, path, parent, space, restoring)
+        tuner = _tuner(cfg, manifest, folds, path, parent, space, restoring)
         results = tuner.fit()
         result = _summarise(cfg, results, folds, path, parent)
         status = "FINISHED"
@@ -101,13 +102,44 @@ def run_sweep(
             ray.shutdown()
 
 
-def reports_per_fold(cfg: Config) -> int:
+# Keys that set how many validations a fold reports: ASHA needs that number before trials sample.
+SCHEDULE_KEYS = (
+    "data.loader.batch_size",
+    "train.align_steps",
+    "train.align_epochs",
+    "train.diffusion_steps",
+    "train.eval_every",
+    "train.eval_every_epochs",
+    "train.grad_accum",
+)
+
+
+def reports_per_fold(
+    cfg: Config, manifest: Manifest | None = None, fold: Fold | None = None
+) -> int:
     """Reports one fold makes: one per validation (every ``train.eval_every`` steps and at the
-    end), or a single one for multi-worker trials."""
+    end), or a single one for multi-worker trials. Schedules in epochs (``train.align_epochs``,
+    ``train.eval_every_epochs``) are resolved for the fold's training subjects in ``manifest``."""
     if cfg.tune.workers_per_trial > 1:
         return 1
+    if manifest is not None:
+        from sgdm_dist.training.selection import resolve_epochs  # torch: not before refusals
+
+        fold_cfg = cfg if fold is None else fold_config(cfg, fold, str(cfg.experiment.output_dir))
+        cfg = resolve_epochs(fold_cfg, manifest, world_size=1)
     total, every = cfg.train.total_steps, cfg.train.eval_every
     return total // every + (1 if total % every else 0)
+
+
+def check_schedule_fixed(cfg: Config) -> None:
+    """ASHA stops a trial at a report count fixed before the search samples: refuse a space that
+    would change it (the trial would be cut off before its last fold is exported)."""
+    sampled = [key for key in cfg.tune.space if key in SCHEDULE_KEYS]
+    if cfg.tune.scheduler == "asha" and sampled:
+        raise ConfigError(
+            f"tune.space samples {sampled}, which change how many validations a trial reports; "
+            "ASHA needs that fixed: drop them from the space or set tune.scheduler=fifo"
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -169,6 +201,7 @@ def _start_parent_run(
 
 def _tuner(
     cfg: Config,
+    manifest: Manifest,
     folds: list[Fold],
     path: Path,
     parent: SweepRun | None,
@@ -187,7 +220,7 @@ def _tuner(
     return tune.Tuner(
         trainable,
         param_space=space,
-        tune_config=_tune_config(cfg, folds),
+        tune_config=_tune_config(cfg, manifest, folds),
         run_config=_run_config(cfg, path, parent),
     )
 
@@ -220,7 +253,7 @@ def _trainable(cfg: Config, folds: list[Fold], path: Path) -> Any:
     return tune.with_resources(tune.with_parameters(run_trial, spec=spec), resources)
 
 
-def _tune_config(cfg: Config, folds: list[Fold]) -> Any:
+def _tune_config(cfg: Config, manifest: Manifest, folds: list[Fold]) -> Any:
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search import BasicVariantGenerator
@@ -237,7 +270,7 @@ def _tune_config(cfg: Config, folds: list[Fold]) -> Any:
             time_attr="training_iteration",
             # One past the last report: at max_t ASHA stops a trial, which would kill it before
             # its last fold is exported and recorded; ending by itself, it finishes that work.
-            max_t=reports_per_fold(cfg) * len(folds) + 1,
+            max_t=sum(reports_per_fold(cfg, manifest, f) for f in folds) + 1,
             grace_period=tc.grace_period,
             reduction_factor=tc.reduction_factor,
         )
