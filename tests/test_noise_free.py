@@ -65,6 +65,14 @@ def test_reference_refuses_a_recorded_dataset(tiny_shards: list[str]) -> None:
         source_features(cfg, "train")
 
 
+def test_reference_refuses_another_seed_than_the_shards(tiny_shards: list[str]) -> None:
+    cfg = load_config(REPO / "configs" / "tiny.yaml", [*tiny_shards, "experiment.seed=5"])
+    with pytest.raises(
+        ValueError, match=r"\.settings\.json: .*experiment\.seed=0, the config has 5"
+    ):
+        source_features(cfg, "train")
+
+
 def test_bench_scores_the_reference_once_per_dataset(tmp_path: Path) -> None:
     """No LOSO folds and no training seeds for the noise-free rows (they see no subject, no seed)."""
     cmd = [sys.executable, str(BENCH), "--dry-run", "--work", str(tmp_path / "w"), "--quick"]

@@ -12,6 +12,7 @@ Synthetic data only: the generator must be known.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,7 @@ from sklearn.preprocessing import StandardScaler
 
 from sgdm_dist.config import Config
 from sgdm_dist.data import synthetic
+from sgdm_dist.data.shard_dir import SETTINGS
 
 GAMMAS = (0.1, 0.3, 1.0, 3.0)  # RBF widths, × 1 / n_features of the standardised sources
 ALPHAS = (0.01, 0.1, 1.0)
@@ -36,6 +38,7 @@ def source_features(cfg: Config, split: str) -> tuple[np.ndarray, np.ndarray, np
         raise ValueError(
             f"the noise-free reference needs a synthetic dataset, not {cfg.data.source!r}"
         )
+    _check_seed(cfg)
     path = Path(cfg.data.shard_dir) / f"{split}_images.npz"
     with np.load(path) as z:
         ids, concept, condition = z["image_index"], z["concept"], z["condition"]
@@ -44,6 +47,20 @@ def source_features(cfg: Config, split: str) -> tuple[np.ndarray, np.ndarray, np
     )
     step = max(1, round(synthetic.SFREQ / cfg.data.preprocess.resample_hz))
     return ids, concept, sources[:, :, ::step].reshape(len(ids), -1)
+
+
+def _check_seed(cfg: Config) -> None:
+    """The sources are regenerated from ``experiment.seed``: it must be the seed the shards were
+    prepared with (recorded beside them), or they would belong to another dataset."""
+    path = Path(cfg.data.shard_dir) / SETTINGS
+    if not path.exists():
+        return  # shards from before settings were recorded: nothing to compare
+    recorded = json.loads(path.read_text()).get("seed")
+    if recorded != cfg.experiment.seed:
+        raise ValueError(
+            f"{path}: the shards were prepared with experiment.seed={recorded}, the config has "
+            f"{cfg.experiment.seed}; the noise-free sources would be another dataset's"
+        )
 
 
 def fit_reference(x: np.ndarray, clip: np.ndarray, concept: np.ndarray, kind: str) -> Pipeline:
