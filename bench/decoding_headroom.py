@@ -45,7 +45,7 @@ def top1_in_sets(
     pred: np.ndarray, query_image: np.ndarray, clip: np.ndarray, seed: int = 0
 ) -> float:
     """Top-1 of queries pred [Q, D] (of images query_image [Q], rows of clip [M, D]) among random
-    sets of 50 images, drawn DRAWS times over all M; candidates centred on the images' mean."""
+    sets of 50 images (all M when fewer), drawn DRAWS times; candidates centred on the images' mean."""
     rng, correct, total = np.random.default_rng(seed), 0.0, 0
     for _ in range(DRAWS):
         for chunk in np.array_split(rng.permutation(len(clip)), max(1, len(clip) // WAY)):
