@@ -352,7 +352,7 @@ def run_jobs(jobs: list[Job], workers: int) -> list[dict]:
 
 def method_table(args: argparse.Namespace) -> dict[str, list[str]]:
     """The methods asked for, name → config overrides: ``--methods`` picks from METHODS (and
-    "ridge"), each ``--method NAME OVERRIDE...`` adds one more."""
+    "ridge" and the NOISE_FREE references), each ``--method NAME OVERRIDE...`` adds one more."""
     extra = {name: overrides for name, *overrides in args.method or []}
     known = {"ridge": [], **{key: [] for key in NOISE_FREE}, **METHODS, **extra}
     if args.methods is not None:
