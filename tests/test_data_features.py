@@ -92,12 +92,13 @@ def test_prepare_trains_a_small_autoencoder_when_no_vae_is_given(tmp_path: Path)
     for i in range(6):
         paths.append(tmp_path / f"s{i}.png")
         Image.fromarray(render(rng.standard_normal(8), 64)).save(paths[-1])
-    cfg = CFG.model_copy(update={"autoencoder_steps": 3})
+    cfg = CFG.model_copy(update={"autoencoder_steps": 3, "autoencoder_batch_size": 5})
     enc = tmp_path / "encoders"
     vae = VaeEncoder(cfg, enc, seed=1, train_images=paths[:4], held_out=paths[4:])
     assert not vae.info.random_init and vae.info.saved_with_shards
     record = vae.info.training
     assert record["steps"] == 3 and record["n_train_images"] == 4
+    assert record["batch_size"] == 5  # the config's, recorded beside the curve
     assert set(record["held_out_round_trip"]) == {"PixCorr", "SSIM", "n_images"}
     assert (enc / "vae" / "loss_curve.png").is_file() and (
         enc / "vae" / "loss_curve.json"

@@ -211,7 +211,11 @@ class VaeEncoder:
         )
         load = lambda ps: torch.stack([to_tensor(open_image(p), cfg.image_size) for p in ps])  # noqa: E731
         vae, record = ae.train_autoencoder(
-            load(train), steps=cfg.autoencoder_steps, lr=cfg.autoencoder_lr, seed=seed
+            load(train),
+            steps=cfg.autoencoder_steps,
+            batch_size=cfg.autoencoder_batch_size,
+            lr=cfg.autoencoder_lr,
+            seed=seed,
         )
         if len(held_out) >= 2:
             record["held_out_round_trip"] = ae.round_trip_scores(vae, load(held_out))
