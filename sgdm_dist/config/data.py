@@ -81,7 +81,7 @@ class FeatureConfig(Section):
         16,
         gt=0,
         description="Stimuli per step of that training (8 reached a held-out round trip of "
-        "PixCorr 0.29-0.72 by seed, 16 reached 0.70-0.94: docs/model.md).",
+        "PixCorr 0.29-0.75 by seed, 16 reached 0.62-0.94: docs/model.md).",
     )
     batch_size: int = Field(32, gt=0)
     device: str | None = Field(None, description="torch device; None → cuda when available.")

@@ -31,7 +31,7 @@ LOSS_PLOT = "loss_curve.png"
 # per step of 8 images. From 64 px: 4 levels → 8× like Stable Diffusion's VAE. Measured on the demo's
 # stimuli (docs/model.md): 8× at 64 px with 8-32 channels stalled at PixCorr ≈ 0.2 after 400 steps;
 # 4× at 32 px reached 0.69 after 160. Batches of 16 rather than 8 lifted the 400-step round trip from
-# 0.29-0.72 (by seed) to 0.70-0.94 (data.features.autoencoder_batch_size, docs/model.md).
+# 0.29-0.75 (by seed) to 0.62-0.94 (data.features.autoencoder_batch_size, docs/model.md).
 SMALL_AE_CONFIG: dict[str, Any] = {
     "in_channels": 3,
     "out_channels": 3,
