@@ -16,6 +16,7 @@ from sgdm_dist.data.feature_cache import FeatureCache
 from sgdm_dist.data.io import join_url, open_url
 from sgdm_dist.data.loader import make_loader
 from sgdm_dist.data.manifest import read_manifest
+from sgdm_dist.data.shard_dir import SETTINGS, check_settings, read_settings
 
 
 def test_unknown_protocol_is_a_named_error_and_exit_2() -> None:
@@ -64,3 +65,14 @@ def test_corrupt_feature_cache_file_is_named_and_recomputed(
         assert cache.get("clip", "k" * 16, "abc") is None
     assert str(path) in caplog.text and "corrupt" in caplog.text
     assert not path.exists() and cache.misses == 1
+
+
+def test_shard_settings_are_read_once_and_a_corrupt_record_is_named(tmp_path: Path) -> None:
+    assert read_settings(tmp_path) is None  # nothing recorded: nothing to compare
+    check_settings(tmp_path, {"seed": 3}, overwrite=False)
+    assert read_settings(tmp_path) == {"seed": 3}
+    with pytest.raises(DataError, match="seed: folder 3, config 4"):
+        check_settings(tmp_path, {"seed": 4}, overwrite=False)
+    (tmp_path / SETTINGS).write_text('{"seed": 3')  # cut short
+    with pytest.raises(DataError, match=rf"{SETTINGS}: not valid JSON"):
+        read_settings(tmp_path)

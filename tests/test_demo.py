@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
+from sgdm_dist.cli.demo import Lane, Step
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -54,12 +56,42 @@ def test_quick_demo_runs_the_whole_pipeline(tmp_path: Path) -> None:
     assert (out / "reconstructions" / "grid.png").is_file()
     assert (out / "pulled" / "model.safetensors").is_file()
     client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
-    assert str(client.get_model_version_by_alias("sgdm-demo", "champion").version) == "1"
-    train_runs = client.search_runs(
-        [client.get_experiment_by_name("sgdm-demo").experiment_id], "tags.num_processes = '2'"
-    )
+    champion = client.get_model_version_by_alias("sgdm-demo", "champion")
+    assert str(champion.version) == "1"
+    # Serving ran beside evaluation: its steps' output is kept and shown, and the champion is
+    # linked to the evaluation although it was registered before the evaluation finished.
+    assert "registered models:/sgdm-demo/1" in (out / "logs" / "register.log").read_text()
+    assert "registered models:/sgdm-demo/1" in result.stdout
+    experiment = client.get_experiment_by_name("sgdm-demo").experiment_id
+    (evaluation,) = client.search_runs([experiment], "tags.`sgdm.stage` = 'evaluate'")
+    assert champion.tags["sgdm.evaluation_runs"] == evaluation.info.run_id
+    train_runs = client.search_runs([experiment], "tags.num_processes = '2'")
     assert len(train_runs) == 1  # trained by 2 processes under accelerate launch
     # The exported structure head was refitted through the decoder, never to a worse validation fit.
     refit = train_runs[0].data.metrics
     assert refit["structure_refit/val_pixel_mse"] <= refit["structure_refit/val_pixel_mse_before"]
     assert 0 <= refit["structure_refit/best_step"] <= 10
+
+
+def test_serving_lane_runs_in_order_stops_at_a_failure_and_when_stopped(tmp_path: Path) -> None:
+    ran = tmp_path / "third-step-ran"
+    ok = Step("a", "prints", [sys.executable, "-c", "print('from a')"])
+    bad = Step("b", "fails", [sys.executable, "-c", "import sys; sys.exit(3)"])
+    never = Step("c", "must not run", [sys.executable, "-c", f"open({str(ran)!r}, 'w')"])
+    lane = Lane([ok, bad, never], tmp_path / "logs")
+    lane.start()
+    lane.join()
+    assert [(name, code) for name, code, _ in lane.runs] == [("a", 0), ("b", 3)]
+    assert (tmp_path / "logs" / "a.log").read_text() == "from a\n"
+    assert not ran.exists()
+
+    # A failed evaluate stops the lane: the running step is terminated, the next never starts.
+    hang = Step("h", "hangs", [sys.executable, "-c", "import time; time.sleep(600)"])
+    lane = Lane([hang, never], tmp_path / "logs2")
+    lane.start()
+    lane.stop()
+    lane.join(timeout=60)
+    assert not lane.is_alive()
+    assert [name for name, _, _ in lane.runs] in ([], ["h"])  # stopped before or while it ran
+    assert all(code != 0 for _, code, _ in lane.runs)
+    assert not ran.exists()

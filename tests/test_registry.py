@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -29,6 +30,7 @@ from sgdm_dist.registry import (
     TAG_VERSION,
     RegistryError,
     check_reachable,
+    link_evaluation,
     load_vae_for_model,
     parse_model_uri,
     pull_model,
@@ -466,3 +468,38 @@ def test_register_by_run_needs_no_config_and_keeps_lineage(
         assert refused.returncode == 2 and "holds no uploaded model" in refused.stderr
     finally:
         client.set_terminated(run_id, "FINISHED")
+
+
+@pytest.mark.slow
+def test_an_evaluation_after_registration_links_itself_to_the_versions_of_its_weights(
+    trained: dict, server: tuple[str, Path], tmp_path: Path
+) -> None:
+    """`sgdm demo` registers while it evaluates: whichever finishes last makes the link, and an
+    evaluation of a folder retrained since its registration links to nothing."""
+    uri, _ = server
+    client = MlflowClient(uri)
+    model_dir = trained["model_dir"]
+    registered = register_model(
+        model_dir, tracking_uri=uri, name="sgdm-linked", experiment="sgdm-tiny", bundle_vae=False
+    )
+    version = registered.version
+    evaluation = client.create_run(trained["run"].info.experiment_id).info.run_id
+    linked = link_evaluation(client, evaluation, str(model_dir))
+    assert f"sgdm-linked/{version}" in linked
+
+    def linked_runs() -> list[str]:  # newest first; earlier tests' evaluation runs may follow
+        return (
+            client.get_model_version("sgdm-linked", version).tags["sgdm.evaluation_runs"].split(",")
+        )
+
+    assert linked_runs()[0] == evaluation
+    before = linked_runs()
+    assert link_evaluation(client, evaluation, str(model_dir)) == linked
+    assert linked_runs() == before  # linking twice adds no second entry
+
+    retrained = tmp_path / "retrained"
+    shutil.copytree(model_dir, retrained)
+    (retrained / "model.safetensors").write_bytes(b"other weights")
+    later = client.create_run(trained["run"].info.experiment_id).info.run_id
+    assert link_evaluation(client, later, str(retrained)) == []
+    assert later not in linked_runs()

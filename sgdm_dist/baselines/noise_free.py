@@ -12,7 +12,6 @@ Synthetic data only: the generator must be known.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +23,7 @@ from sklearn.preprocessing import StandardScaler
 
 from sgdm_dist.config import Config
 from sgdm_dist.data import synthetic
-from sgdm_dist.data.shard_dir import SETTINGS
+from sgdm_dist.data.shard_dir import SETTINGS, read_settings
 
 GAMMAS = (0.1, 0.3, 1.0, 3.0)  # RBF widths, × 1 / n_features of the standardised sources
 ALPHAS = (0.01, 0.1, 1.0)
@@ -52,13 +51,13 @@ def source_features(cfg: Config, split: str) -> tuple[np.ndarray, np.ndarray, np
 def _check_seed(cfg: Config) -> None:
     """The sources are regenerated from ``experiment.seed``: it must be the seed the shards were
     prepared with (recorded beside them), or they would belong to another dataset."""
-    path = Path(cfg.data.shard_dir) / SETTINGS
-    if not path.exists():
+    settings = read_settings(cfg.data.shard_dir)
+    if settings is None:
         return  # shards from before settings were recorded: nothing to compare
-    recorded = json.loads(path.read_text()).get("seed")
+    recorded = settings.get("seed")
     if recorded != cfg.experiment.seed:
         raise ValueError(
-            f"{path}: the shards were prepared with experiment.seed={recorded}, the config has "
+            f"{Path(cfg.data.shard_dir) / SETTINGS}: the shards were prepared with experiment.seed={recorded}, the config has "
             f"{cfg.experiment.seed}; the noise-free sources would be another dataset's"
         )
 

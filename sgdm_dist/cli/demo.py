@@ -4,6 +4,12 @@ synthetic THINGS-like raw EEG → `sgdm prepare` → `launch/train.sh` (accelera
 → `sgdm evaluate` → `sgdm register --alias champion` → `sgdm pull models:/…@champion` →
 `sgdm reconstruct --model models:/…@champion`. Each step is the same command a user would type, run
 as a subprocess with its own progress output; the summary at the end says where everything is.
+
+Evaluation and serving (register → pull → reconstruct) both start from the trained model and not from
+each other, so they run side by side, one thread each: each step of the demo spends 10-15 s of its
+time importing torch and diffusers on one core, and the two lanes together finish in about the time
+of the longer one (docs/benchmarks.md, "Demo"). The serving lane's output goes to
+``{output_dir}/logs/<step>.log`` and is shown, in step order, when evaluation is done.
 """
 
 from __future__ import annotations
@@ -13,8 +19,9 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Annotated
 
@@ -78,21 +85,89 @@ def demo(
         return
 
     out = cfg.experiment.output_dir
-    for stale in ("checkpoints", "model", "evaluation", "pulled", "reconstructions"):
+    for stale in ("checkpoints", "model", "evaluation", "pulled", "reconstructions", "logs"):
         shutil.rmtree(out / stale, ignore_errors=True)  # a demo always shows a fresh run
     started = time.perf_counter()
-    for i, step in enumerate(steps, 1):
-        console.rule(f"[bold]{i}/{len(steps)} {step.name}[/]: {step.what}")
-        t0 = time.perf_counter()
-        # In the caller's folder, as a user typing each command would: the config path and the
-        # relative paths inside it mean there what they meant to `resolve` above.
-        result = subprocess.run(step.argv, env=step.env, check=False)
-        if result.returncode != 0:
-            console.print(f"[red]step '{step.name}' failed with exit code {result.returncode}[/]")
+    at = [step.name for step in steps].index("evaluate")
+    for i, step in enumerate(steps[:at], 1):
+        run_step(console, step, i, len(steps))
+    # evaluate in the foreground, the serving steps beside it: one thread each (2 cores, 2 lanes).
+    one_thread = {**os.environ, "OMP_NUM_THREADS": "1"}
+    serving = [replace(step, env=one_thread) for step in steps[at + 1 :]]
+    lane = Lane(serving, out / "logs")
+    lane.start()
+    try:
+        run_step(console, replace(steps[at], env=one_thread), at + 1, len(steps))
+    except BaseException:  # a failed evaluate or Ctrl-C stops the lane, never leaves it running
+        lane.stop()
+        raise
+    finally:
+        lane.join()
+    show_lane(console, lane, at + 2, len(steps))
+    summarise(console, cfg, time.perf_counter() - started)
+
+
+def run_step(console: Console, step: Step, i: int, n: int) -> None:
+    """Run one step in the foreground with its own output; exit the demo when it fails."""
+    console.rule(f"[bold]{i}/{n} {step.name}[/]: {step.what}")
+    t0 = time.perf_counter()
+    # In the caller's folder, as a user typing each command would: the config path and the
+    # relative paths inside it mean there what they meant to `resolve` above.
+    result = subprocess.run(step.argv, env=step.env, check=False)
+    if result.returncode != 0:
+        console.print(f"[red]step '{step.name}' failed with exit code {result.returncode}[/]")
+        console.print("command: " + " ".join(step.argv))
+        raise typer.Exit(1)
+    console.print(f"[green]✓ {step.name}[/] in {time.perf_counter() - t0:.0f} s")
+
+
+class Lane(threading.Thread):
+    """Steps run one after another in a thread, each one's output to ``logs/<name>.log``; the
+    first failure stops the lane. ``runs``: (step name, exit code, seconds) per step it ran."""
+
+    def __init__(self, steps: list[Step], logs: Path) -> None:
+        super().__init__(daemon=True)
+        self.steps, self.logs = steps, logs
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.runs: list[tuple[str, int, float]] = []
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._stopped = False
+        self._lock = threading.Lock()  # no step starts after stop()
+
+    def run(self) -> None:
+        for step in self.steps:
+            t0 = time.perf_counter()
+            with open(self.logs / f"{step.name}.log", "w") as log:
+                with self._lock:
+                    if self._stopped:
+                        return
+                    self._proc = subprocess.Popen(step.argv, env=step.env, stdout=log, stderr=log)
+                code = self._proc.wait()
+            self.runs.append((step.name, code, time.perf_counter() - t0))
+            if code != 0:
+                return
+
+    def stop(self) -> None:
+        """Start no further step and terminate the running one."""
+        with self._lock:
+            self._stopped = True
+            if self._proc is not None:
+                self._proc.terminate()  # harmless on a step that has exited
+
+
+def show_lane(console: Console, lane: Lane, first: int, n: int) -> None:
+    """Print each finished lane step's log under its heading; exit the demo at a failed step."""
+    ran = zip(lane.steps, lane.runs, strict=False)  # a failed step ends the lane early
+    for i, (step, (name, code, seconds)) in enumerate(ran, first):
+        log = lane.logs / f"{name}.log"
+        console.rule(f"[bold]{i}/{n} {name}[/]: {step.what} (ran beside evaluate; log: {log})")
+        sys.stdout.write(log.read_text(errors="replace"))
+        sys.stdout.flush()
+        if code != 0:
+            console.print(f"[red]step '{name}' failed with exit code {code}[/]")
             console.print("command: " + " ".join(step.argv))
             raise typer.Exit(1)
-        console.print(f"[green]✓ {step.name}[/] in {time.perf_counter() - t0:.0f} s")
-    summarise(console, cfg, time.perf_counter() - started)
+        console.print(f"[green]✓ {name}[/] in {seconds:.0f} s")
 
 
 def plan(cfg: Config, config: Path, overrides: list[str], nproc: int) -> list[Step]:

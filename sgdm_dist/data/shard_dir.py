@@ -75,10 +75,21 @@ def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def read_settings(out_dir: str | Path) -> dict[str, Any] | None:
+    """What the shards in ``out_dir`` were made with (``.settings.json``), None when not recorded."""
+    path = Path(out_dir) / SETTINGS
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}: not valid JSON ({exc})") from None
+
+
 def check_settings(out_dir: Path, settings: dict[str, Any], overwrite: bool) -> None:
     """Refuse a folder prepared with other settings (or empty it when ``overwrite``); record ours."""
     path = out_dir / SETTINGS
-    old = json.loads(path.read_text()) if path.exists() else None
+    old = read_settings(out_dir)
     if old is None and (out_dir / "manifest.json").exists():
         old = {"unknown": "shards written before settings were recorded"}
     settings = json.loads(json.dumps(settings))  # the JSON form, as it is compared next time

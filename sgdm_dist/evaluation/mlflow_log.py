@@ -35,6 +35,8 @@ def log_to_mlflow(
     from mlflow.entities import Metric, RunTag
     from mlflow.tracking import MlflowClient
 
+    from sgdm_dist.registry.lineage import link_evaluation
+
     active = mlflow.active_run()
     if active is None and not cfg.experiment.tracking:
         return None
@@ -63,12 +65,15 @@ def log_to_mlflow(
                 client.log_artifact(run_id, str(path), "evaluation")
         if active is None:
             client.set_terminated(run_id)
+        linked = link_evaluation(client, run_id, str(metrics["protocol"]["model_dir"]))
     except Exception as exc:  # a tracking outage must not lose results that are already written
         log.warning(
             "MLflow at %s: evaluation not tracked (%s); results are in files", tracking_uri, exc
         )
         return None
     log.info("evaluation of %s logged to MLflow run %s", model, run_id)
+    if linked:
+        log.info("evaluation linked to registered version(s) %s", ", ".join(linked))
     return run_id
 
 

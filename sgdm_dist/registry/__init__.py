@@ -60,6 +60,7 @@ from sgdm_dist.registry.lineage import (
     download_run_model,
     evaluation_runs,
     find_training_run,
+    link_evaluation,
     upload_model,
     uploaded_digest,
 )
@@ -120,6 +121,7 @@ __all__ = [
     "find_version",
     "folder_checksums",
     "is_model_uri",
+    "link_evaluation",
     "load_vae_for_model",
     "parse_model_uri",
     "pull_model",

@@ -11,8 +11,10 @@ upload and with the sha256 of ``checksums.json`` after it, so:
 * ``sgdm register CONFIG`` (a local folder) finds its training run by the weights' hash
   (:func:`find_training_run`), in any state — a run left RUNNING by a kill is found anyway — and
   never confuses it with an evaluation run, which carries no such tag;
-* evaluation runs of the same model folder are linked to the registered version by id
-  (:func:`evaluation_runs`).
+* evaluation runs of the same model folder are linked to the registered version by id, whichever
+  came first: registration looks the evaluations up (:func:`evaluation_runs`), an evaluation of a
+  folder that is already registered adds itself to the versions of the same weights
+  (:func:`link_evaluation`; `sgdm demo` registers while it evaluates).
 """
 
 from __future__ import annotations
@@ -115,11 +117,38 @@ def find_training_run(client: MlflowClient, experiment_ids: list[str], weights_s
 
 def evaluation_runs(client: MlflowClient, experiment_ids: list[str], model_dir: str) -> list[str]:
     """Ids of the evaluation runs of ``model_dir`` (as `sgdm evaluate` recorded it), newest first."""
-    quoted = model_dir.replace("'", "\\'")
     runs = client.search_runs(
         experiment_ids,
-        filter_string=f"tags.`{TAG_STAGE}` = 'evaluate' and tags.`evaluation.model_dir` = '{quoted}'",
+        filter_string=f"tags.`{TAG_STAGE}` = 'evaluate' and tags.`evaluation.model_dir` = '{_quote(model_dir)}'",
         order_by=["attributes.start_time DESC"],
         max_results=20,
     )
     return [r.info.run_id for r in runs]
+
+
+def link_evaluation(client: MlflowClient, run_id: str, model_dir: str) -> list[str]:
+    """Add evaluation run ``run_id`` of ``model_dir`` to the ``sgdm.evaluation_runs`` tag of every
+    registered version of the weights the folder holds (found through the training runs that
+    uploaded them, so a folder retrained since keeps its old versions unlinked). Registration
+    looks evaluations up only after creating its version, so one of the two always sees the other,
+    even when they run side by side. Returns the versions linked, as "name/version"."""
+    from sgdm_dist.models.export import model_digest
+
+    experiment = client.get_run(run_id).info.experiment_id
+    trained = client.search_runs(
+        [experiment], filter_string=f"tags.`{TAG_MODEL_SHA}` = '{model_digest(model_dir)}'"
+    )
+    linked = []
+    for run in trained:
+        for version in client.search_model_versions(f"run_id = '{run.info.run_id}'"):
+            runs = [r for r in version.tags.get(TAG_EVALUATIONS, "").split(",") if r]
+            if run_id not in runs:  # newest first, as evaluation_runs lists them
+                value = ",".join([run_id, *runs])
+                client.set_model_version_tag(version.name, version.version, TAG_EVALUATIONS, value)
+            linked.append(f"{version.name}/{version.version}")
+    return linked
+
+
+def _quote(value: str) -> str:
+    """``value`` inside single quotes of an MLflow search filter."""
+    return value.replace("'", "\\'")

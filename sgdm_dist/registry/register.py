@@ -171,13 +171,18 @@ def _publish(
     }
     if (stage / "data_manifest.json").is_file():
         tags[TAG_MANIFEST] = sha256_file(stage / "data_manifest.json")
-    if pub.evaluated_as:
-        evaluations = evaluation_runs(client, [run.info.experiment_id], pub.evaluated_as)
-        if evaluations:
-            tags[TAG_EVALUATIONS] = ",".join(evaluations)
     with _fluent_uri(tracking_uri):
         model_uri = _log_pyfunc(client, run_id, stage, pub.digest)
         mv = _register(model_uri, pub.name, tags)
+    # After the version exists: an evaluation finishing meanwhile links itself to it
+    # (lineage.link_evaluation), one finished before is found here.
+    evaluations = (
+        evaluation_runs(client, [run.info.experiment_id], pub.evaluated_as)
+        if pub.evaluated_as
+        else []
+    )
+    if evaluations:
+        client.set_model_version_tag(pub.name, mv.version, TAG_EVALUATIONS, ",".join(evaluations))
     for alias in pub.aliases:
         client.set_registered_model_alias(pub.name, alias, mv.version)
     result = RegisteredVersion.of(client, client.get_model_version(pub.name, mv.version))
