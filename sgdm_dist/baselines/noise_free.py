@@ -57,8 +57,9 @@ def _check_seed(cfg: Config) -> None:
     recorded = settings.get("seed")
     if recorded != cfg.experiment.seed:
         raise ValueError(
-            f"{Path(cfg.data.shard_dir) / SETTINGS}: the shards were prepared with experiment.seed={recorded}, the config has "
-            f"{cfg.experiment.seed}; the noise-free sources would be another dataset's"
+            f"{Path(cfg.data.shard_dir) / SETTINGS}: the shards were prepared with "
+            f"experiment.seed={recorded}, the config has {cfg.experiment.seed}; the noise-free "
+            "sources would be another dataset's"
         )
 
 

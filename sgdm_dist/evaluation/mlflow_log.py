@@ -63,9 +63,10 @@ def log_to_mlflow(
         for path in files:
             if path is not None:
                 client.log_artifact(run_id, str(path), "evaluation")
-        if active is None:
+        linked: list[str] = []
+        if active is None:  # an evaluation run of its own, which registered versions can name
             client.set_terminated(run_id)
-        linked = link_evaluation(client, run_id, str(metrics["protocol"]["model_dir"]))
+            linked = link_evaluation(client, run_id, str(metrics["protocol"]["model_dir"]))
     except Exception as exc:  # a tracking outage must not lose results that are already written
         log.warning(
             "MLflow at %s: evaluation not tracked (%s); results are in files", tracking_uri, exc

@@ -117,9 +117,10 @@ def find_training_run(client: MlflowClient, experiment_ids: list[str], weights_s
 
 def evaluation_runs(client: MlflowClient, experiment_ids: list[str], model_dir: str) -> list[str]:
     """Ids of the evaluation runs of ``model_dir`` (as `sgdm evaluate` recorded it), newest first."""
+    folder = f"tags.`evaluation.model_dir` = '{_quote(model_dir)}'"
     runs = client.search_runs(
         experiment_ids,
-        filter_string=f"tags.`{TAG_STAGE}` = 'evaluate' and tags.`evaluation.model_dir` = '{_quote(model_dir)}'",
+        filter_string=f"tags.`{TAG_STAGE}` = 'evaluate' and {folder}",
         order_by=["attributes.start_time DESC"],
         max_results=20,
     )
