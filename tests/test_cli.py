@@ -68,6 +68,7 @@ def test_demo_dry_run(repo: Path) -> None:
     assert result.returncode == 0, result.stderr
     for step in ("prepare", "train", "evaluate", "register", "pull", "reconstruct"):
         assert step in result.stdout
+    assert "Steps 4-6 run beside step 3" in " ".join(result.stdout.split())
     assert "dry run: nothing executed" in result.stdout
 
 

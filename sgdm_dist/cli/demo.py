@@ -80,6 +80,11 @@ def demo(
     for i, step in enumerate(steps, 1):
         table.add_row(str(i), step.name, step.what)
     console.print(table)
+    at = [step.name for step in steps].index("evaluate")
+    console.print(
+        f"Steps {at + 2}-{len(steps)} run beside step {at + 1}, one thread each; their output is "
+        f"shown when step {at + 1} is done."
+    )
     if dry_run:
         console.print("dry run: nothing executed.")
         return
@@ -88,7 +93,6 @@ def demo(
     for stale in ("checkpoints", "model", "evaluation", "pulled", "reconstructions", "logs"):
         shutil.rmtree(out / stale, ignore_errors=True)  # a demo always shows a fresh run
     started = time.perf_counter()
-    at = [step.name for step in steps].index("evaluate")
     for i, step in enumerate(steps[:at], 1):
         run_step(console, step, i, len(steps))
     # evaluate in the foreground, the serving steps beside it: one thread each (2 cores, 2 lanes).
