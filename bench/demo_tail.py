@@ -12,25 +12,25 @@ were. "one after another" gives each step the machine's default threads, as the 
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import subprocess
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 
 from sgdm_dist.cli.common import resolve
-from sgdm_dist.cli.demo import Lane, Step, plan
+from sgdm_dist.cli.demo import Lane, Step, lanes, plan
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def tail_steps(config: Path, scratch: Path) -> list[Step]:
-    """evaluate, register, pull, reconstruct of the demo's plan, writing under ``scratch``."""
+def tail_steps(config: Path, scratch: Path) -> tuple[list[Step], Step, list[Step]]:
+    """The demo's last steps writing under ``scratch``: (evaluate, register, pull, reconstruct) as
+    they ran one after another, and the demo's own lanes (evaluate, the serving steps)."""
     overrides = [f"experiment.output_dir={scratch}"]
     steps = plan(resolve(config, overrides), config, overrides, nproc=2)
-    return steps[[s.name for s in steps].index("evaluate") :]
+    before, evaluate, serving = lanes(steps)
+    return steps[len(before) :], evaluate, serving
 
 
 def fresh(scratch: Path, model: Path) -> None:
@@ -47,14 +47,12 @@ def one_after_another(steps: list[Step], logs: Path) -> float:
     return time.perf_counter() - started
 
 
-def side_by_side(steps: list[Step], logs: Path) -> float:
-    one_thread = {**os.environ, "OMP_NUM_THREADS": "1"}
-    evaluate, serving = steps[0], [replace(s, env=one_thread) for s in steps[1:]]
+def side_by_side(evaluate: Step, serving: list[Step], logs: Path) -> float:
     started = time.perf_counter()
     lane = Lane(serving, logs / "lane")
     lane.start()
     with open(logs / "evaluate.log", "w") as log:
-        subprocess.run(evaluate.argv, env=one_thread, stdout=log, stderr=log, check=True)
+        subprocess.run(evaluate.argv, env=evaluate.env, stdout=log, stderr=log, check=True)
     lane.join()
     if len(lane.runs) != len(serving) or any(code for _, code, _ in lane.runs):
         raise SystemExit(f"a serving step failed: {lane.runs}; logs in {logs / 'lane'}")
@@ -73,16 +71,17 @@ def main() -> None:
     rows: list[tuple[str, float]] = []
     with tempfile.TemporaryDirectory(prefix="sgdm-demo-tail-") as tmp:
         scratch, logs = Path(tmp) / "out", Path(tmp) / "logs"
-        steps = tail_steps(args.config, scratch)
+        tail, evaluate, serving = tail_steps(args.config, scratch)
+        runs = {
+            "one after another": lambda: one_after_another(tail, logs),
+            "side by side": lambda: side_by_side(evaluate, serving, logs),
+        }
         for _ in range(args.repeats):
-            for name, run in (
-                ("one after another", one_after_another),
-                ("side by side", side_by_side),
-            ):
+            for name, run in runs.items():
                 fresh(scratch, model)
                 shutil.rmtree(logs, ignore_errors=True)
                 logs.mkdir()
-                rows.append((name, run(steps, logs)))
+                rows.append((name, run()))
                 print(f"{name:>18}: {rows[-1][1]:6.1f} s", flush=True)
     mean = {n: sum(s for m, s in rows if m == n) / args.repeats for n, _ in rows}
     ratio = mean["side by side"] / mean["one after another"]

@@ -80,7 +80,8 @@ def demo(
     for i, step in enumerate(steps, 1):
         table.add_row(str(i), step.name, step.what)
     console.print(table)
-    at = [step.name for step in steps].index("evaluate")
+    before, evaluate, serving = lanes(steps)
+    at = len(before)
     console.print(
         f"Steps {at + 2}-{len(steps)} run beside step {at + 1}, one thread each; their output is "
         f"shown when step {at + 1} is done."
@@ -93,15 +94,12 @@ def demo(
     for stale in ("checkpoints", "model", "evaluation", "pulled", "reconstructions", "logs"):
         shutil.rmtree(out / stale, ignore_errors=True)  # a demo always shows a fresh run
     started = time.perf_counter()
-    for i, step in enumerate(steps[:at], 1):
+    for i, step in enumerate(before, 1):
         run_step(console, step, i, len(steps))
-    # evaluate in the foreground, the serving steps beside it: one thread each (2 cores, 2 lanes).
-    one_thread = {**os.environ, "OMP_NUM_THREADS": "1"}
-    serving = [replace(step, env=one_thread) for step in steps[at + 1 :]]
     lane = Lane(serving, out / "logs")
     lane.start()
     try:
-        run_step(console, replace(steps[at], env=one_thread), at + 1, len(steps))
+        run_step(console, evaluate, at + 1, len(steps))
     except BaseException:  # a failed evaluate or Ctrl-C stops the lane, never leaves it running
         lane.stop()
         raise
@@ -109,6 +107,17 @@ def demo(
         lane.join()
     show_lane(console, lane, at + 2, len(steps))
     summarise(console, cfg, time.perf_counter() - started)
+
+
+def lanes(steps: list[Step]) -> tuple[list[Step], Step, list[Step]]:
+    """(the steps before evaluate, evaluate, the serving steps after it): the last two run side by
+    side, so each gets one thread (2 cores, 2 lanes)."""
+    at = [step.name for step in steps].index("evaluate")
+
+    def one_thread(step: Step) -> Step:
+        return replace(step, env={**(step.env or os.environ), "OMP_NUM_THREADS": "1"})
+
+    return steps[:at], one_thread(steps[at]), [one_thread(step) for step in steps[at + 1 :]]
 
 
 def run_step(console: Console, step: Step, i: int, n: int) -> None:
