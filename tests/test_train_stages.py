@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 
 from sgdm_dist.config.loader import load_config
@@ -74,3 +75,27 @@ def test_micro_batch_seeds_differ_by_rank_and_step_and_repeat() -> None:
     assert len(seeds) == 400
     assert micro_batch_seed(0, 1, 7, 0) == micro_batch_seed(0, 1, 7, 0)
     assert micro_batch_seed(0, 1, 7, 0) != micro_batch_seed(1, 1, 7, 0)
+
+
+@pytest.mark.parametrize("kind", ["axial", "nice", "atms", "eegnet", "linear"])
+def test_every_parameter_the_alignment_engine_trains_gets_a_gradient(
+    kind: str, tmp_path: Path
+) -> None:
+    """DDP stops at a trainable parameter without a gradient ("Expected to have finished
+    reduction..."): the ATM-S readout's token expansion, which only the UNet reads, did that under
+    `launch/train.sh` with 2 processes. It is frozen in the alignment stage and trains after."""
+    cfg = load_config(
+        REPO / "configs" / "tiny.yaml",
+        [f"experiment.output_dir={tmp_path}", f"model.encoder.kind={kind}"],
+    )
+    accelerator = make_accelerator(cfg, LaunchRequest(world_size=1, deepspeed=False, fsdp=False))
+    model = build_model(cfg.model, n_channels=5, n_times=40, n_subjects=2)
+    engine = build_engine(accelerator, cfg, model, "align", 0)
+    accelerator.backward(engine.model(_batch(model))["loss"])
+    params = dict(engine.unwrapped.named_parameters())
+    trainable = [n for n, p in params.items() if p.requires_grad]
+    assert trainable and [n for n in trainable if params[n].grad is None] == []
+    if kind != "axial":  # the axial encoder's z reads its tokens, so they train in both stages
+        assert "encoder.readout.tokens.weight" not in trainable
+    full = switch_engine(accelerator, cfg, engine, "full", 1)
+    assert all(p.requires_grad for p in full.sgdm.parameters())

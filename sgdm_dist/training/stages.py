@@ -4,7 +4,9 @@ The alignment stage trains the EEG encoder, the semantic head and the concept cl
 the conditioning are idle. Putting them in the optimiser anyway makes strategies disagree: DDP
 all-reduces their zero gradients, ZeRO steps them (weight decay, Adam's step counter). So the
 alignment stage prepares an :class:`AlignModel` that holds only the modules it trains (no UNet
-gradients, optimiser state or all-reduce; no ``find_unused_parameters``), and the switch to the
+gradients, optimiser state or all-reduce; no ``find_unused_parameters``). Inside those, what only
+the UNet reads (an encoder's token expansion) is frozen until then: DDP stops at a parameter that
+gets no gradient. The switch to the
 diffusion stage rebuilds the engine around the whole SGDM: full fp32 weights gathered (DeepSpeed's
 fp32 master copy where it keeps one), ``accelerator.free_memory()`` (destroys the DeepSpeed engine),
 a fresh model loaded with them, and ``accelerator.prepare`` again. That is the one path DDP, ZeRO-2,
@@ -30,11 +32,22 @@ from sgdm_dist.training.distributed import is_zero3, register_zero3_external_par
 from sgdm_dist.training.scaleout import to_channels_last
 
 Group = Literal["align", "full"]
-# The SGDM's modules that only the diffusion loss uses; every other module trains in both stages.
+# The SGDM's modules that only the diffusion loss uses; every other module trains in both stages,
+# except submodules flagged ``diffusion_only`` (an encoder's token expansion, models/encoders/common.py).
 DIFFUSION_ONLY = ("unet", "conditioning")
 # The SemanticHead's running target statistics: DeepSpeed casts every buffer to bf16/fp16 with the
 # module, where a moving average with rate 1e-3 no longer moves. They are kept fp32 (used via .to()).
 FP32_BUFFERS = ("semantic.target_mean", "semantic.target_spread")
+
+
+def diffusion_only_parameters(model: nn.Module) -> set[str]:
+    """Names of the parameters of ``model`` (an SGDM) that only the diffusion loss reaches: those of
+    :data:`DIFFUSION_ONLY` and of any submodule with ``diffusion_only = True``."""
+    names: set[str] = set()
+    for prefix, module in model.named_modules():
+        if prefix.split(".")[0] in DIFFUSION_ONLY or getattr(module, "diffusion_only", False):
+            names.update(f"{prefix}.{name}" for name, _ in module.named_parameters())
+    return names
 
 
 def group_of(stage: str) -> Group:
@@ -88,8 +101,9 @@ def build_engine(
     accelerator: Accelerator, cfg: Config, sgdm: SGDM, group: Group, start_step: int
 ) -> Engine:
     """Prepare ``sgdm``'s ``group`` for training; the LR schedule is positioned at ``start_step``."""
+    frozen = diffusion_only_parameters(sgdm) if group == "align" else set()
     for name, param in sgdm.named_parameters():
-        param.requires_grad_(group == "full" or name.split(".")[0] not in DIFFUSION_ONLY)
+        param.requires_grad_(name not in frozen)
     module: nn.Module = AlignModel(sgdm) if group == "align" else sgdm
     optimizer = torch.optim.AdamW(
         [p for p in module.parameters() if p.requires_grad],

@@ -45,6 +45,10 @@ class Readout(nn.Module):
         self.tokens = nn.Linear(dim, n_tokens * dim)
         self.norm = nn.LayerNorm(dim)
         self.n_tokens, self.dim = n_tokens, dim
+        # The tokens only condition the UNet: no alignment loss reaches them, so the alignment stage
+        # leaves them frozen (DDP refuses parameters without a gradient; training/stages.py).
+        for module in (self.tokens, self.norm):
+            module.diffusion_only = True
 
     def forward(self, features: Tensor) -> EncoderOutput:
         z = self.z(self.drop(features))
