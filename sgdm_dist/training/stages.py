@@ -43,11 +43,9 @@ FP32_BUFFERS = ("semantic.target_mean", "semantic.target_spread")
 def diffusion_only_parameters(model: nn.Module) -> set[str]:
     """Names of the parameters of ``model`` (an SGDM) that only the diffusion loss reaches: those of
     :data:`DIFFUSION_ONLY` and of any submodule with ``diffusion_only = True``."""
-    names: set[str] = set()
-    for prefix, module in model.named_modules():
-        if prefix.split(".")[0] in DIFFUSION_ONLY or getattr(module, "diffusion_only", False):
-            names.update(f"{prefix}.{name}" for name, _ in module.named_parameters())
-    return names
+    flagged = [f"{p}." for p, m in model.named_modules() if getattr(m, "diffusion_only", False)]
+    prefixes = (*(f"{name}." for name in DIFFUSION_ONLY), *flagged)
+    return {name for name, _ in model.named_parameters() if name.startswith(prefixes)}
 
 
 def group_of(stage: str) -> Group:
