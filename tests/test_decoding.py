@@ -58,6 +58,29 @@ def test_published_encoder_trains_one_step(kind: str, shape: tuple[int, int]) ->
     assert z.shape == (6, cfg.model.clip_dim)
 
 
+@pytest.mark.parametrize("n_times", [20, 100, 250])
+def test_fused_temporal_conv_is_conv_then_average_pool(n_times: int) -> None:
+    """NICE/ATM-S's temporal convolution + average pooling run as one strided convolution: same
+    output and same parameter gradients as the two layers of the papers, at each scaled size."""
+    from sgdm_dist.models.encoders.shallow import ConvPool, temporal_spatial_conv
+
+    fused = temporal_spatial_conv(5, n_times, 0.5)[0]
+    assert isinstance(fused, ConvPool)
+    torch.manual_seed(0)
+    fused.reset_parameters()
+    conv = torch.nn.Conv2d(1, fused.out_channels, fused.kernel_size)
+    conv.load_state_dict(fused.state_dict())
+    pool = torch.nn.AvgPool2d((1, fused.pool), (1, fused.pool_stride))
+    x = torch.randn(3, 1, 5, n_times)
+    target = torch.randn_like(pool(conv(x)))
+    out_fused, out_ref = fused(x), pool(conv(x))
+    torch.testing.assert_close(out_fused, out_ref, rtol=1e-5, atol=1e-6)
+    (out_fused * target).sum().backward()
+    (out_ref * target).sum().backward()
+    torch.testing.assert_close(fused.weight.grad, conv.weight.grad, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(fused.bias.grad, conv.bias.grad, rtol=1e-4, atol=1e-5)
+
+
 def _decodable(n_img: int, reps: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """EEG [N, 8, 20] = a fixed linear map of the image's CLIP vector + noise; index [N]; clip [M, D]."""
     rng = np.random.default_rng(seed)

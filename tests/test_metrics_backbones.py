@@ -95,6 +95,31 @@ def test_permuted_images_lose_identification(backbones: dict, images: torch.Tens
     assert low["PixCorr"] < 0.9 and low["SSIM"] < 0.9
 
 
+def test_features_of_an_image_set_are_computed_once(backbones: dict, images: torch.Tensor) -> None:
+    """An evaluation scores the model, its floor and its ceiling against the same stimuli: their
+    features come from the memo, equal to a fresh computation; other images are computed anew."""
+    alexnet = backbones["alexnet"]
+    calls: list[int] = []
+    hook = alexnet.model.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        alexnet._memo.clear()
+        first = alexnet.features(images)
+        assert len(calls) == 1
+        again = alexnet.features(images.clone())  # same bytes, another tensor
+        assert len(calls) == 1
+        for metric, f in first.items():
+            assert torch.equal(again[metric], f), metric
+        other = alexnet.features(images.flip(-1))
+        assert len(calls) == 2
+        assert not torch.equal(other["AlexNet(2)"], first["AlexNet(2)"])
+        alexnet.features(images[:2])  # a third set evicts the oldest (the memo holds two)
+        alexnet.features(images)
+        assert len(calls) == 4
+        assert torch.equal(alexnet._compute(images, 16)["AlexNet(5)"], first["AlexNet(5)"])
+    finally:
+        hook.remove()
+
+
 def test_no_backbones_gives_low_level_metrics_only(images: torch.Tensor) -> None:
     out = reconstruction_metrics(images, images, None)
     assert set(out) == {"n_images", "PixCorr", "SSIM", "Pixel(2-way)"}

@@ -17,10 +17,12 @@ numbers are never mistaken for published ones (or an error when random backbones
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import warnings
+from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -42,6 +44,9 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 SWAV_FILE = "swav_800ep_pretrain.pth.tar"
 # Random initialisations are seeded so two evaluations with missing weights agree with each other.
 RANDOM_INIT_SEED = 0
+# Image sets whose features a backbone keeps: an evaluation scores the model, its floor and its
+# ceiling against the same stimuli, and every subject's ceiling is the same images.
+FEATURE_MEMO = 2
 
 
 @dataclass(frozen=True)
@@ -77,9 +82,28 @@ class Backbone:
     source: str
     size: int  # input side in px: spec.size, or what a custom CLIP architecture was built for
 
-    @torch.inference_mode()
+    _memo: OrderedDict[tuple, dict[str, Tensor]] = field(
+        default_factory=OrderedDict, init=False, repr=False, compare=False
+    )
+
     def features(self, images: Tensor, batch_size: int = 16) -> dict[str, Tensor]:
-        """images [N, 3, H, W] in [0, 1] → {metric name: [N, F] float32 features on the CPU}."""
+        """images [N, 3, H, W] in [0, 1] → {metric name: [N, F] float32 features on the CPU}.
+
+        The last ``FEATURE_MEMO`` image sets' features are kept, keyed by the images' bytes: an
+        evaluation asks for its stimuli's features once per score (model, floor, ceiling) and
+        subject, and they are computed once."""
+        key = _content_key(images, batch_size)
+        if key in self._memo:
+            self._memo.move_to_end(key)
+            return self._memo[key]
+        feats = self._compute(images, batch_size)
+        self._memo[key] = feats
+        while len(self._memo) > FEATURE_MEMO:
+            self._memo.popitem(last=False)
+        return feats
+
+    @torch.inference_mode()
+    def _compute(self, images: Tensor, batch_size: int) -> dict[str, Tensor]:
         device = next(self.model.parameters()).device
         chunks: dict[str, list[Tensor]] = {m: [] for m in self.spec.metrics}
         for start in range(0, images.shape[0], batch_size):
@@ -89,6 +113,13 @@ class Backbone:
             for metric, node in self.spec.metrics.items():
                 chunks[metric].append(out[node].float().flatten(1).cpu())
         return {m: torch.cat(c) for m, c in chunks.items()}
+
+
+def _content_key(images: Tensor, batch_size: int) -> tuple:
+    """What identifies an image set for the feature memo: dtype, shape, batch size and the bytes."""
+    data = images.detach().cpu().contiguous()
+    digest = hashlib.blake2b(data.view(torch.uint8).numpy(), digest_size=16).hexdigest()
+    return str(data.dtype), tuple(data.shape), batch_size, digest
 
 
 class _ClipImageEncoder(nn.Module):

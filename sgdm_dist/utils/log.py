@@ -50,7 +50,6 @@ QUIET_LOGGERS: tuple[str, ...] = (
     "mne",
     "open_clip",
     "diffusers",
-    "transformers",
     "huggingface_hub",
     "werkzeug",
 )

@@ -7,11 +7,17 @@ ATM-S (Li et al., "Visual decoding and reconstruction via EEG embeddings with gu
 NeurIPS 2024): each channel's time course becomes one token (a linear embedding of the whole epoch),
 a learned subject token joins them, one transformer encoder layer attends across channels, and the
 channel tokens go through NICE's convolution. Kernels scale with ``n_times`` (see ``common.scaled``).
+
+The temporal convolution and the average pooling run as one strided convolution (``ConvPool``): both
+are linear, so this is the same function with the same parameters, 5-6× cheaper on the CPU, where
+``avg_pool2d`` over [B, 40, C, T] was the encoder's most expensive operation (docs/benchmarks.md,
+"EEG encoder step").
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sgdm_dist.config.model import EncoderConfig
@@ -21,14 +27,35 @@ from sgdm_dist.models.encoders.common import NICE_TIMES, Readout, check_shape, f
 FILTERS = 40
 
 
+class ConvPool(nn.Conv2d):
+    """``Conv2d(1, F, (1, k))`` then ``AvgPool2d((1, p), (1, s))``: [B, 1, C, T] → [B, F, C, T'].
+
+    Run as one convolution of stride s whose kernel is the temporal kernel convolved with a box of
+    p samples (length k + p − 1): the same output up to float rounding, without the pooling pass.
+    Its parameters are the temporal convolution's (``weight`` [F, 1, 1, k], ``bias`` [F]).
+    """
+
+    def __init__(self, filters: int, kernel: int, pool: int, stride: int) -> None:
+        super().__init__(1, filters, (1, kernel))
+        self.pool, self.pool_stride = pool, stride
+
+    def forward(self, x: Tensor) -> Tensor:
+        n, _, _, k = self.weight.shape
+        box = self.weight.new_full((1, 1, 1, self.pool), 1.0 / self.pool)
+        # Correlating with a zero-padded box is the full convolution (the box is symmetric).
+        kernel = F.conv2d(self.weight.reshape(n, 1, 1, k), box, padding=(0, self.pool - 1))
+        return F.conv2d(x, kernel, self.bias, stride=(1, self.pool_stride))
+
+
 def temporal_spatial_conv(n_channels: int, n_times: int, dropout: float) -> nn.Sequential:
     """[B, 1, C, T] → [B, 40, 1, T'] (NICE's ``tsconv`` + 1×1 projection)."""
     kernel = scaled(25, n_times, NICE_TIMES, minimum=3)
     pool = min(scaled(51, n_times, NICE_TIMES, minimum=2), n_times - kernel + 1)
     stride = scaled(5, n_times, NICE_TIMES)
     return nn.Sequential(
-        nn.Conv2d(1, FILTERS, (1, kernel)),
-        nn.AvgPool2d((1, pool), (1, stride)),
+        ConvPool(FILTERS, kernel, pool, stride),
+        # Index 1 held the separate AvgPool2d: an identity keeps every later layer's name (conv.2…).
+        nn.Identity(),
         nn.BatchNorm2d(FILTERS),
         nn.ELU(),
         nn.Conv2d(FILTERS, FILTERS, (n_channels, 1)),

@@ -1,0 +1,92 @@
+"""NICE / ATM-S encoder step with the fused temporal convolution + pooling, against the papers' two layers.
+
+``models/encoders/shallow.ConvPool`` runs NICE's ``Conv2d(1, 40, (1, k))`` and ``AvgPool2d((1, p),
+(1, s))`` as one strided convolution. This bench builds each encoder of a config twice from the same
+seed (fused, and with those two layers put back) and times forward + backward of z on random EEG,
+one thread, alternating within each round; the last column is fused / two layers (median over rounds):
+
+    python bench/conv_pool.py                       # the demo's EEG, 17 ch x 100 samples
+    python bench/conv_pool.py --batch-size 32 data.preprocess.channels=all \
+        data.preprocess.resample_hz=250             # THINGS-EEG2's 63 ch x 250 samples
+
+Results and commands: docs/benchmarks.md, "EEG encoder step".
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from sgdm_dist.config import Config, load_config
+from sgdm_dist.models import build_model
+from sgdm_dist.models.encoders.shallow import ConvPool
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from step_inputs import eeg_shape
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def encoder(cfg: Config, kind: str, shape: tuple[int, int], fused: bool) -> nn.Module:
+    """The ``kind`` encoder of ``cfg`` (seed 0), its first two conv layers unfused unless ``fused``."""
+    torch.manual_seed(0)
+    model_cfg = cfg.model.model_copy(
+        update={"encoder": cfg.model.encoder.model_copy(update={"kind": kind})}
+    )
+    enc = build_model(model_cfg, n_channels=shape[0], n_times=shape[1], n_subjects=2).encoder
+    if not fused:
+        fast = enc.conv[0]
+        assert isinstance(fast, ConvPool), f"{kind}: no fused layer at conv[0]"
+        conv = nn.Conv2d(1, fast.out_channels, fast.kernel_size)
+        conv.load_state_dict(fast.state_dict())
+        enc.conv[0], enc.conv[1] = conv, nn.AvgPool2d((1, fast.pool), (1, fast.pool_stride))
+    return enc.train()
+
+
+def step_ms(enc: nn.Module, eeg: torch.Tensor, subject: torch.Tensor, steps: int) -> float:
+    """Median milliseconds of forward + backward of ``z`` (3 warm-up steps first)."""
+    times = []
+    for i in range(steps + 3):
+        start = time.perf_counter()
+        enc(eeg, subject).z.square().mean().backward()
+        if i >= 3:
+            times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", default="configs/demo.yaml", help="relative to the repository")
+    parser.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. a.b=c")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=20, help="timed steps per measurement")
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    cfg = load_config(REPO / args.config, args.overrides)
+    shape = eeg_shape(cfg)
+    gen = torch.Generator().manual_seed(0)
+    eeg = torch.randn(args.batch_size, *shape, generator=gen)
+    subject = torch.randint(1, 3, (args.batch_size,), generator=gen)
+    print(f"shape {shape[0]} ch x {shape[1]} samples, batch {args.batch_size}, 1 thread")
+    print(f"{'kind':6} {'two layers ms':>14} {'fused ms':>9} {'ratio':>6}")
+    for kind in ("nice", "atms"):
+        ratios, slow, fast = [], [], []
+        for _ in range(args.rounds):
+            slow.append(step_ms(encoder(cfg, kind, shape, False), eeg, subject, args.steps))
+            fast.append(step_ms(encoder(cfg, kind, shape, True), eeg, subject, args.steps))
+            ratios.append(fast[-1] / slow[-1])
+        print(
+            f"{kind:6} {statistics.median(slow):14.1f} {statistics.median(fast):9.1f} "
+            f"{statistics.median(ratios):6.2f}"
+        )
+
+
+if __name__ == "__main__":
+    main()
