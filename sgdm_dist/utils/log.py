@@ -50,6 +50,7 @@ QUIET_LOGGERS: tuple[str, ...] = (
     "mne",
     "open_clip",
     "diffusers",
+    "transformers",
     "huggingface_hub",
     "werkzeug",
 )
