@@ -14,10 +14,8 @@ Results and commands: docs/benchmarks.md, "EEG encoder step".
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -28,7 +26,7 @@ from sgdm_dist.models import build_model
 from sgdm_dist.models.encoders.shallow import ConvPool
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from step_inputs import eeg_shape
+from step_inputs import eeg_shape, median_ms, step_parser
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -51,23 +49,11 @@ def encoder(cfg: Config, kind: str, shape: tuple[int, int], fused: bool) -> nn.M
 
 def step_ms(enc: nn.Module, eeg: torch.Tensor, subject: torch.Tensor, steps: int) -> float:
     """Median milliseconds of forward + backward of ``z`` (3 warm-up steps first)."""
-    times = []
-    for i in range(steps + 3):
-        start = time.perf_counter()
-        enc(eeg, subject).z.square().mean().backward()
-        if i >= 3:
-            times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
+    return median_ms(lambda: enc(eeg, subject).z.square().mean().backward(), steps)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", default="configs/demo.yaml", help="relative to the repository")
-    parser.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. a.b=c")
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--steps", type=int, default=20, help="timed steps per measurement")
-    parser.add_argument("--rounds", type=int, default=3)
-    args = parser.parse_args()
+    args = step_parser(__doc__.split("\n\n")[0]).parse_args()
     torch.set_num_threads(1)
     cfg = load_config(REPO / args.config, args.overrides)
     shape = eeg_shape(cfg)

@@ -16,10 +16,8 @@ Results and commands: docs/benchmarks.md, "EEG encoder step".
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
-import time
 from pathlib import Path
 from typing import get_args
 
@@ -30,7 +28,7 @@ from sgdm_dist.config.model import EncoderConfig
 from sgdm_dist.models import build_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from step_inputs import eeg_shape, make_batches
+from step_inputs import eeg_shape, make_batches, median_ms, step_parser
 
 REPO = Path(__file__).resolve().parents[1]
 KINDS: tuple[str, ...] = get_args(EncoderConfig.model_fields["kind"].annotation)
@@ -48,25 +46,18 @@ def step_ms(cfg: Config, kind: str, batch: dict[str, torch.Tensor], steps: int) 
         n_subjects=2,
     ).train()
     opt = torch.optim.AdamW([p for n, p in model.named_parameters() if not n.startswith("unet")])
-    times_ms = []
-    for i in range(steps + 3):  # 3 warm-up steps
-        start = time.perf_counter()
+
+    def step() -> None:
         loss = model(batch, stage="align")["loss"]
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        if i >= 3:
-            times_ms.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times_ms)
+
+    return median_ms(step, steps)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", default="configs/demo.yaml", help="relative to the repository")
-    parser.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. a.b=c")
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--steps", type=int, default=20, help="timed steps per measurement")
-    parser.add_argument("--rounds", type=int, default=3, help="rounds over every kind")
+    parser = step_parser(__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

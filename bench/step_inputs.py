@@ -1,8 +1,12 @@
-"""Synthetic inputs for bench/train_step.py: batches shaped like a config's, stimulus images, and
-the reference sketch's per-step feature encoders (random init: nothing is downloaded)."""
+"""Synthetic inputs for the step benches (bench/train_step.py, encoder_step.py, conv_pool.py): batches
+shaped like a config's, stimulus images, the reference sketch's per-step feature encoders (random
+init: nothing is downloaded), and the benches' shared options and timer."""
 
 from __future__ import annotations
 
+import argparse
+import statistics
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -97,3 +101,27 @@ def reference_encoders(
         vae.encode(pixels * 2 - 1).latent_dist.mean * vae.config.scaling_factor
 
     return features
+
+
+def step_parser(description: str) -> argparse.ArgumentParser:
+    """Options every step bench takes: the config (relative to the repository) and its overrides,
+    the batch size, timed steps per measurement and rounds."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--config", default="configs/demo.yaml", help="relative to the repository")
+    parser.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. a.b=c")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=20, help="timed steps per measurement")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds over every variant")
+    return parser
+
+
+def median_ms(step: Callable[[], object], steps: int, warmup: int = 3) -> float:
+    """Median milliseconds of ``steps`` calls of ``step`` after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        step()
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)

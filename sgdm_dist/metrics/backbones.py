@@ -95,12 +95,11 @@ class Backbone:
         key = _content_key(images, batch_size)
         if key in self._memo:
             self._memo.move_to_end(key)
-            return self._memo[key]
-        feats = self._compute(images, batch_size)
-        self._memo[key] = feats
-        while len(self._memo) > FEATURE_MEMO:
-            self._memo.popitem(last=False)
-        return feats
+        else:
+            self._memo[key] = self._compute(images, batch_size)
+            while len(self._memo) > FEATURE_MEMO:
+                self._memo.popitem(last=False)
+        return dict(self._memo[key])  # a caller's dict: changing it leaves the memo as it was
 
     @torch.inference_mode()
     def _compute(self, images: Tensor, batch_size: int) -> dict[str, Tensor]:

@@ -9,9 +9,9 @@ a learned subject token joins them, one transformer encoder layer attends across
 channel tokens go through NICE's convolution. Kernels scale with ``n_times`` (see ``common.scaled``).
 
 The temporal convolution and the average pooling run as one strided convolution (``ConvPool``): both
-are linear, so this is the same function with the same parameters, 5-6× cheaper on the CPU, where
-``avg_pool2d`` over [B, 40, C, T] was the encoder's most expensive operation (docs/benchmarks.md,
-"EEG encoder step").
+are linear, so this is the same function with the same parameters, without ``avg_pool2d`` over
+[B, 40, C, T], the encoder's most expensive operation on the CPU (the encoder's forward + backward:
+0.34-0.67× with it fused, ``bench/conv_pool.py``, docs/benchmarks.md, "EEG encoder step").
 """
 
 from __future__ import annotations
