@@ -22,22 +22,17 @@ import torch
 from torch import nn
 
 from sgdm_dist.config import Config, load_config
-from sgdm_dist.models import build_model
 from sgdm_dist.models.encoders.shallow import ConvPool
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from step_inputs import eeg_shape, median_ms, step_parser
+from step_inputs import eeg_shape, median_ms, model_of_kind, step_parser
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def encoder(cfg: Config, kind: str, shape: tuple[int, int], fused: bool) -> nn.Module:
     """The ``kind`` encoder of ``cfg`` (seed 0), its first two conv layers unfused unless ``fused``."""
-    torch.manual_seed(0)
-    model_cfg = cfg.model.model_copy(
-        update={"encoder": cfg.model.encoder.model_copy(update={"kind": kind})}
-    )
-    enc = build_model(model_cfg, n_channels=shape[0], n_times=shape[1], n_subjects=2).encoder
+    enc = model_of_kind(cfg, kind, shape).encoder
     if not fused:
         fast = enc.conv[0]
         assert isinstance(fast, ConvPool), f"{kind}: no fused layer at conv[0]"

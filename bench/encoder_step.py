@@ -25,10 +25,9 @@ import torch
 
 from sgdm_dist.config import Config, load_config
 from sgdm_dist.config.model import EncoderConfig
-from sgdm_dist.models import build_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from step_inputs import eeg_shape, make_batches, median_ms, step_parser
+from step_inputs import eeg_shape, make_batches, median_ms, model_of_kind, step_parser
 
 REPO = Path(__file__).resolve().parents[1]
 KINDS: tuple[str, ...] = get_args(EncoderConfig.model_fields["kind"].annotation)
@@ -36,15 +35,7 @@ KINDS: tuple[str, ...] = get_args(EncoderConfig.model_fields["kind"].annotation)
 
 def step_ms(cfg: Config, kind: str, batch: dict[str, torch.Tensor], steps: int) -> float:
     """Median milliseconds of ``steps`` alignment steps of a fresh model of ``kind`` on ``batch``."""
-    encoder = cfg.model.encoder.model_copy(update={"kind": kind})
-    channels, times = batch["eeg"].shape[1:]
-    torch.manual_seed(0)
-    model = build_model(
-        cfg.model.model_copy(update={"encoder": encoder}),
-        n_channels=channels,
-        n_times=times,
-        n_subjects=2,
-    ).train()
+    model = model_of_kind(cfg, kind, tuple(batch["eeg"].shape[1:]))
     opt = torch.optim.AdamW([p for n, p in model.named_parameters() if not n.startswith("unet")])
 
     def step() -> None:

@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 
 from sgdm_dist.config import Config
+from sgdm_dist.models import build_model
 
 # Stable Diffusion's VAE architecture (sd-vae-ft-mse), built with random weights.
 SD_VAE = dict(
@@ -125,3 +126,12 @@ def median_ms(step: Callable[[], object], steps: int, warmup: int = 3) -> float:
         step()
         times.append((time.perf_counter() - start) * 1e3)
     return statistics.median(times)
+
+
+def model_of_kind(cfg: Config, kind: str, shape: tuple[int, int]) -> torch.nn.Module:
+    """The SGDM of ``cfg`` with ``model.encoder.kind`` = ``kind`` for EEG ``shape`` (channels,
+    samples), 2 subjects, built from seed 0 in training mode."""
+    torch.manual_seed(0)
+    encoder = cfg.model.encoder.model_copy(update={"kind": kind})
+    model_cfg = cfg.model.model_copy(update={"encoder": encoder})
+    return build_model(model_cfg, n_channels=shape[0], n_times=shape[1], n_subjects=2).train()

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import get_args
 
 import pytest
 import torch
 
 from sgdm_dist.config.loader import load_config
+from sgdm_dist.config.model import EncoderConfig
 from sgdm_dist.models import build_model
 from sgdm_dist.training.distributed import LaunchRequest, make_accelerator, micro_batch_seed
 from sgdm_dist.training.stages import AlignModel, build_engine, switch_engine
@@ -77,7 +79,7 @@ def test_micro_batch_seeds_differ_by_rank_and_step_and_repeat() -> None:
     assert micro_batch_seed(0, 1, 7, 0) != micro_batch_seed(1, 1, 7, 0)
 
 
-@pytest.mark.parametrize("kind", ["axial", "nice", "atms", "eegnet", "linear"])
+@pytest.mark.parametrize("kind", get_args(EncoderConfig.model_fields["kind"].annotation))
 def test_every_parameter_the_alignment_engine_trains_gets_a_gradient(
     kind: str, tmp_path: Path
 ) -> None:
