@@ -58,6 +58,42 @@ def test_published_encoder_trains_one_step(kind: str, shape: tuple[int, int]) ->
     assert z.shape == (6, cfg.model.clip_dim)
 
 
+@pytest.mark.parametrize("kind", ["atms", "linear"])
+def test_subject_conditioning_none_removes_the_subject_input(kind: str) -> None:
+    """`subject_conditioning: none` is honoured by every encoder with a subject input (ATM-S's
+    subject token, the linear bias): no subject weights, the same output for any subject id."""
+    cfg = load_config("configs/tiny.yaml", [f"model.encoder.kind={kind}"])
+    none = cfg.model.model_copy(
+        update={"encoder": cfg.model.encoder.model_copy(update={"subject_conditioning": "none"})}
+    )
+    torch.manual_seed(0)
+    with_subject = build_model(cfg.model, n_channels=17, n_times=100, n_subjects=2).eval()
+    without = build_model(none, n_channels=17, n_times=100, n_subjects=2).eval()
+    subject_weights = {n for n, _ in with_subject.encoder.named_parameters()} - {
+        n for n, _ in without.encoder.named_parameters()
+    }
+    assert subject_weights and all("subject" in n for n in subject_weights)
+    with torch.no_grad():  # the linear bias starts at zero: give every subject its own
+        for name, p in with_subject.encoder.named_parameters():
+            if name in subject_weights:
+                p.normal_()
+    eeg = torch.randn(3, 17, 100)
+    one, two = torch.ones(3, dtype=torch.long), torch.full((3,), 2)
+    assert torch.equal(without.predict_clip(eeg, one), without.predict_clip(eeg, two))
+    assert not torch.allclose(
+        with_subject.predict_clip(eeg, one), with_subject.predict_clip(eeg, two)
+    )
+
+
+@pytest.mark.parametrize("kind", ["nice", "atms", "eegnet", "linear"])
+def test_a_subject_layer_is_refused_where_the_encoder_has_none(kind: str) -> None:
+    from sgdm_dist.config.loader import ConfigError
+
+    overrides = [f"model.encoder.kind={kind}", "model.encoder.subject_conditioning=layer"]
+    with pytest.raises(ConfigError, match=rf"subject_conditioning.*axial.*'{kind}'"):
+        load_config("configs/tiny.yaml", overrides)
+
+
 @pytest.mark.parametrize("n_times", [20, 100, 250])
 def test_fused_temporal_conv_is_conv_then_average_pool(n_times: int) -> None:
     """NICE/ATM-S's temporal convolution + average pooling run as one strided convolution: same

@@ -238,6 +238,12 @@ def test_leave_subject_out_refuses_an_untrained_fallback(tmp_path: Path) -> None
         make_folds(cfg, [1, 2])
     ok = load_config(TUNE_TINY, ["model.encoder.subject_dropout=0", "model.encoder.kind=nice"])
     assert len(make_folds(ok, [1, 2])) == 2  # NICE ignores subject ids: nothing untrained
+    atms = ["model.encoder.subject_dropout=0", "model.encoder.kind=atms"]
+    with pytest.raises(ConfigError, match="subject_dropout"):  # its subject token's entry 0
+        make_folds(load_config(TUNE_TINY, atms), [1, 2])
+    # The error's advice works for every kind: without the token there is no fallback to train.
+    no_token = load_config(TUNE_TINY, [*atms, "model.encoder.subject_conditioning=none"])
+    assert len(make_folds(no_token, [1, 2])) == 2
 
 
 # ---------------------------------------------------------------------------------------------

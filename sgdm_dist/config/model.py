@@ -40,8 +40,10 @@ class EncoderConfig(Section):
     dropout: float = Field(0.1, ge=0, lt=1)
     subject_conditioning: Literal["none", "embedding", "layer"] = Field(
         "embedding",
-        description="none | embedding (learned subject vector added to tokens) | layer "
-        "(subject-specific C×C spatial input layer). Index 0 is the subject-agnostic fallback.",
+        description="none | embedding (a learned subject vector: added to the axial encoder's "
+        "tokens, ATM-S's subject token, the linear encoder's bias) | layer (subject-specific C×C "
+        "spatial input layer; axial only). Index 0 is the subject-agnostic fallback. nice and "
+        "eegnet take no subject input (as published).",
     )
     subject_dropout: float = Field(
         0.1, ge=0, le=1, description="Training probability of using the unknown-subject fallback."
@@ -62,6 +64,12 @@ class EncoderConfig(Section):
             raise ValueError(f"dim ({self.dim}) must be divisible by heads ({self.heads})")
         if self.dim < 2:
             raise ValueError("dim must be >= 2")
+        if self.subject_conditioning == "layer" and self.kind != "axial":
+            # Silently treating it as another mode would train a model the user did not ask for.
+            raise ValueError(
+                f"subject_conditioning='layer' (a subject-specific C×C input layer) exists for "
+                f"kind 'axial' only, got kind '{self.kind}': use 'embedding' or 'none'"
+            )
         return self
 
 

@@ -21,7 +21,7 @@ def uses_subject_ids(cfg: EncoderConfig) -> bool:
     """Whether the encoder's output depends on the subject id (an entry an unseen subject lacks)."""
     if cfg.kind in ("nice", "eegnet"):
         return False
-    return cfg.kind == "atms" or cfg.subject_conditioning != "none"
+    return cfg.subject_conditioning != "none"
 
 
 def make_encoder(

@@ -97,7 +97,11 @@ class ATMSEncoder(nn.Module):
         heads = 4
         d_model = heads * -(-n_times // heads)  # the epoch length, rounded up to split into heads
         self.embed = nn.Linear(n_times, d_model)  # iTransformer's inverted embedding
-        self.subject_token = nn.Embedding(n_subjects + 1, d_model)
+        # The paper's learned subject token; subject_conditioning=none leaves it out (every
+        # subject, seen or not, then goes through the same weights).
+        self.subject_token = (
+            nn.Embedding(n_subjects + 1, d_model) if cfg.subject_conditioning != "none" else None
+        )
         self.drop = nn.Dropout(0.25)
         self.attention = nn.TransformerEncoderLayer(
             d_model, heads, dim_feedforward=256, dropout=0.25, batch_first=True, norm_first=False
@@ -108,10 +112,11 @@ class ATMSEncoder(nn.Module):
 
     def forward(self, eeg: Tensor, subject: Tensor) -> EncoderOutput:
         check_shape(eeg, self.n_channels, self.n_times)
-        subject = sanitize_subjects(subject.to(eeg.device), self.n_subjects)
-        if self.training:
-            subject = drop_subjects(subject, self.subject_dropout)
         tokens = self.drop(self.embed(eeg))  # [B, C, d]
-        tokens = torch.cat([tokens, self.subject_token(subject)[:, None]], dim=1)
+        if self.subject_token is not None:
+            subject = sanitize_subjects(subject.to(eeg.device), self.n_subjects)
+            if self.training:
+                subject = drop_subjects(subject, self.subject_dropout)
+            tokens = torch.cat([tokens, self.subject_token(subject)[:, None]], dim=1)
         channels = self.attention(tokens)[:, : self.n_channels]  # [B, C, d]
         return self.readout(self.conv(channels[:, None]).flatten(1))
