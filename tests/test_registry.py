@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -321,7 +322,9 @@ def test_pyfunc_loads_with_mlflow_and_predicts_the_same_images(
 
 
 @pytest.mark.slow
-def test_sqlite_only_registry_refuses_a_tampered_artifact(trained: dict, tmp_path: Path) -> None:
+def test_sqlite_only_registry_refuses_a_tampered_artifact(
+    trained: dict, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """No server: the embedded default (a SQLite file, artifacts beside it)."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     name = "sgdm-local"
@@ -344,8 +347,22 @@ def test_sqlite_only_registry_refuses_a_tampered_artifact(trained: dict, tmp_pat
     again = resolve_model(f"models:/{name}@champion", tracking_uri=uri, cache_dir=tmp_path / "c")
     assert again == cached and (again / "model.safetensors").stat().st_ino == inode
     (cached / "config.json").write_text("{}")
-    repaired = resolve_model(f"models:/{name}/1", tracking_uri=uri, cache_dir=tmp_path / "c")
+    with caplog.at_level(logging.INFO, logger="sgdm_dist.registry.pull"):
+        repaired = resolve_model(f"models:/{name}/1", tracking_uri=uri, cache_dir=tmp_path / "c")
     assert repaired == cached and verify_folder(repaired, registered.tags[TAG_FILES])
+    assert "cached copy is damaged" in caplog.text and "config.json" in caplog.text
+    # A copy of another model under the same version number (what a store recreated at the same
+    # address leaves in the cache) is replaced, and not reported as damage.
+    pulled = json.loads((cached / "pulled.json").read_text())
+    (cached / "pulled.json").write_text(json.dumps({**pulled, "files_sha256": "0" * 64}))
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="sgdm_dist.registry.pull"):
+        fresh = resolve_model(f"models:/{name}/1", tracking_uri=uri, cache_dir=tmp_path / "c")
+    assert "of another model than version 1 holds now" in caplog.text
+    assert "damaged" not in caplog.text
+    assert json.loads((fresh / "pulled.json").read_text())["files_sha256"] == (
+        registered.tags[TAG_FILES]
+    )
 
     (stored,) = artifacts.rglob("sgdm/model.safetensors")
     data = bytearray(stored.read_bytes())

@@ -147,6 +147,14 @@ def _download(client: MlflowClient, mv: ModelVersion, into: Path, tracking_uri: 
     return folder
 
 
+def _pulled_digest(folder: Path) -> str | None:
+    """The checksums digest an earlier pull recorded in ``folder/pulled.json`` (None: unreadable)."""
+    try:
+        return json.loads((folder / PULLED).read_text()).get("files_sha256")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def default_cache_dir() -> Path:
     return Path.home() / ".cache" / "sgdm-dist" / "models"
 
@@ -184,12 +192,22 @@ def resolve_model(
         dst = (cache_dir or default_cache_dir()) / server / mv.name / str(mv.version)
         digest = (mv.tags or {}).get(TAG_FILES)
         if digest and (dst / PULLED).is_file():
-            try:
-                verify_folder(dst, expected_digest=digest)
-                log.info("%s: using the verified copy in %s", ref, dst)
-                return dst
-            except RegistryError as exc:
-                log.warning("%s: cached copy is stale or damaged (%s); pulling again", ref, exc)
+            if _pulled_digest(dst) not in (None, digest):
+                # Not damage: a store recreated at the same address numbers its versions anew.
+                log.info(
+                    "%s: the cached copy in %s is of another model than version %s holds now "
+                    "(the registry was recreated or the version re-registered); pulling it",
+                    ref,
+                    dst,
+                    mv.version,
+                )
+            else:
+                try:
+                    verify_folder(dst, expected_digest=digest)
+                    log.info("%s: using the verified copy in %s", ref, dst)
+                    return dst
+                except RegistryError as exc:
+                    log.warning("%s: cached copy is damaged (%s); pulling again", ref, exc)
         ref = ModelRef(mv.name, version=str(mv.version)).uri  # the alias may move meanwhile
     pull_model(ref, dst, tracking_uri=tracking_uri)
     return dst
