@@ -360,9 +360,8 @@ def test_sqlite_only_registry_refuses_a_tampered_artifact(
         fresh = resolve_model(f"models:/{name}/1", tracking_uri=uri, cache_dir=tmp_path / "c")
     assert "of another model than version 1 holds now" in caplog.text
     assert "damaged" not in caplog.text
-    assert json.loads((fresh / "pulled.json").read_text())["files_sha256"] == (
-        registered.tags[TAG_FILES]
-    )
+    recorded = json.loads((fresh / "pulled.json").read_text())["files_sha256"]
+    assert recorded == registered.tags[TAG_FILES]
 
     (stored,) = artifacts.rglob("sgdm/model.safetensors")
     data = bytearray(stored.read_bytes())
