@@ -46,7 +46,7 @@ SMALL_AE_CONFIG: dict[str, Any] = {
 
 def small_ae_config(image_size: int) -> dict[str, Any]:
     """AutoencoderKL kwargs for ``image_size`` px stimuli (see SMALL_AE_CONFIG)."""
-    channels = SMALL_AE_CONFIG["block_out_channels"] if image_size < 64 else [16, 32, 64, 64]
+    channels = list(SMALL_AE_CONFIG["block_out_channels"]) if image_size < 64 else [16, 32, 64, 64]
     return {
         **SMALL_AE_CONFIG,
         "block_out_channels": channels,
