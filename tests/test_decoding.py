@@ -18,7 +18,7 @@ import torch
 
 from sgdm_dist.baselines.ridge import RidgeDecoder
 from sgdm_dist.baselines.scoring import mean_pairwise_cosine, retrieval, score_decoder
-from sgdm_dist.config import load_config
+from sgdm_dist.config import ConfigError, load_config
 from sgdm_dist.config.model import EncoderConfig
 from sgdm_dist.models import build_model
 from sgdm_dist.models.encoders.augment import augment
@@ -87,8 +87,6 @@ def test_subject_conditioning_none_removes_the_subject_input(kind: str) -> None:
 
 @pytest.mark.parametrize("kind", ["nice", "atms", "eegnet", "linear"])
 def test_a_subject_layer_is_refused_where_the_encoder_has_none(kind: str) -> None:
-    from sgdm_dist.config.loader import ConfigError
-
     overrides = [f"model.encoder.kind={kind}", "model.encoder.subject_conditioning=layer"]
     with pytest.raises(ConfigError, match=rf"subject_conditioning.*axial.*'{kind}'"):
         load_config("configs/tiny.yaml", overrides)
