@@ -147,6 +147,30 @@ def _download(client: MlflowClient, mv: ModelVersion, into: Path, tracking_uri: 
     return folder
 
 
+def _cached_copy_verifies(ref: str, dst: Path, digest: str, version: str) -> bool:
+    """Whether ``dst`` holds a complete earlier pull of the version whose checksums.json has
+    ``digest``, every file verified; says why when a copy there cannot be reused."""
+    if not (dst / PULLED).is_file():
+        return False
+    if _pulled_digest(dst) not in (None, digest):
+        # Not damage: a store recreated at the same address numbers its versions anew.
+        log.info(
+            "%s: the cached copy in %s is of another model than version %s holds now "
+            "(the registry was recreated or the version re-registered); pulling it",
+            ref,
+            dst,
+            version,
+        )
+        return False
+    try:
+        verify_folder(dst, expected_digest=digest)
+    except RegistryError as exc:
+        log.warning("%s: cached copy is damaged (%s); pulling again", ref, exc)
+        return False
+    log.info("%s: using the verified copy in %s", ref, dst)
+    return True
+
+
 def _pulled_digest(folder: Path) -> str | None:
     """The checksums digest an earlier pull recorded in ``folder/pulled.json`` (None: unreadable)."""
     try:
@@ -191,23 +215,8 @@ def resolve_model(
         server = hashlib.sha256(redact(tracking_uri).encode()).hexdigest()[:12]
         dst = (cache_dir or default_cache_dir()) / server / mv.name / str(mv.version)
         digest = (mv.tags or {}).get(TAG_FILES)
-        if digest and (dst / PULLED).is_file():
-            if _pulled_digest(dst) not in (None, digest):
-                # Not damage: a store recreated at the same address numbers its versions anew.
-                log.info(
-                    "%s: the cached copy in %s is of another model than version %s holds now "
-                    "(the registry was recreated or the version re-registered); pulling it",
-                    ref,
-                    dst,
-                    mv.version,
-                )
-            else:
-                try:
-                    verify_folder(dst, expected_digest=digest)
-                    log.info("%s: using the verified copy in %s", ref, dst)
-                    return dst
-                except RegistryError as exc:
-                    log.warning("%s: cached copy is damaged (%s); pulling again", ref, exc)
+        if digest and _cached_copy_verifies(ref, dst, digest, mv.version):
+            return dst
         ref = ModelRef(mv.name, version=str(mv.version)).uri  # the alias may move meanwhile
     pull_model(ref, dst, tracking_uri=tracking_uri)
     return dst
